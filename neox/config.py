@@ -1,0 +1,352 @@
+"""GPTNeoXConfig: one dataclass whose field names are config.json's keys.
+
+Checkpoints on the Hub spell rotary settings two ways, and both are read:
+
+* classic (transformers 4, the Pythia suite, gpt-neox-20b): ``rotary_pct``, ``rotary_emb_base``,
+  ``rope_scaling = {"type" | "rope_type": "linear" | "dynamic", "factor": f}``;
+* transformers 5: ``rope_parameters = {"rope_type", "rope_theta", "partial_rotary_factor", "factor"}``.
+
+The classic names are the fields (they are the documented attributes); ``rope_parameters`` is a
+derived property. ``to_dict`` writes both spellings so every reader, old or new, sees the same
+model. Keys this class does not know are kept in ``extra`` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .hub import HubOptions, resolve_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GPTNeoXConfig", "ACTIVATIONS"]
+
+CONFIG_NAME = "config.json"
+
+#: hidden_act values understood by the MLP (see ``modeling.activation``).
+ACTIVATIONS = ("gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
+
+ROPE_TYPES = ("default", "linear", "dynamic")
+
+# Keys that only describe the file, not the model; accepted and not kept as "unknown".
+_IGNORED_KEYS = {"transformers_version", "model_type", "_name_or_path", "_commit_hash", "_attn_implementation_autoset"}
+
+
+@dataclass(init=False, repr=False, eq=False)
+class GPTNeoXConfig:
+    """Configuration of a GPT-NeoX model; defaults are EleutherAI/gpt-neox-20b's."""
+
+    vocab_size: int = 50432
+    hidden_size: int = 6144
+    num_hidden_layers: int = 44
+    num_attention_heads: int = 64
+    intermediate_size: int = 24576
+    hidden_act: str = "gelu"
+    rotary_pct: float = 0.25
+    rotary_emb_base: float = 10000.0
+    rope_scaling: dict | None = None
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    classifier_dropout: float = 0.1
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    use_cache: bool = True
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+    tie_word_embeddings: bool = False
+    use_parallel_residual: bool = True
+    attention_bias: bool = True
+    is_decoder: bool = False
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict: bool = True
+    architectures: list[str] | None = None
+    #: dtype the checkpoint was saved in ("float32", "float16", "bfloat16"); `dtype="auto"` uses it.
+    dtype: str | None = None
+    #: "sdpa" (default) or "eager" (the reference path; returns attention probabilities).
+    attn_implementation: str = "sdpa"
+    #: Unknown config.json keys, kept so that a save writes them back.
+    extra: dict[str, Any] = field(default_factory=dict)
+    name_or_path: str = ""
+
+    model_type = "gpt_neox"
+
+    # ------------------------------------------------------------------ construction
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Hand-written so that every spelling found on the Hub lands on one field; unknown keys
+        # go to `extra` instead of raising, as in transformers (fine-tunes add their own keys).
+        kwargs = dict(kwargs)
+        rope_parameters = kwargs.pop("rope_parameters", None)
+        for legacy, new in (("torch_dtype", "dtype"), ("_attn_implementation", "attn_implementation")):
+            if legacy in kwargs:
+                value = kwargs.pop(legacy)
+                kwargs.setdefault(new, value)
+        names = {f.name for f in dataclasses.fields(self)}
+        extra = dict(kwargs.pop("extra", None) or {})
+        for f in dataclasses.fields(self):
+            if f.name in kwargs:
+                value = kwargs.pop(f.name)
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                value = f.default_factory()  # type: ignore[misc]
+            else:
+                value = f.default
+            setattr(self, f.name, value)
+        for key in list(kwargs):
+            if key in _IGNORED_KEYS:
+                kwargs.pop(key)
+        extra.update(kwargs)
+        self.extra = extra
+        assert not (set(self.extra) & names)
+        if rope_parameters is not None:
+            # transformers 5 lets rope_parameters win over the classic keys; so do we.
+            self._read_rope_parameters(rope_parameters)
+        self.dtype = _dtype_name(self.dtype)
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
+        self.validate()
+
+    def _read_rope_parameters(self, params: Any) -> None:
+        if not isinstance(params, dict):
+            raise ValueError(f"rope_parameters must be a JSON object, got {type(params).__name__}")
+        params = dict(params)
+        if "rope_theta" in params:
+            self.rotary_emb_base = params.pop("rope_theta")
+        if "partial_rotary_factor" in params:
+            self.rotary_pct = params.pop("partial_rotary_factor")
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default" and self.rope_scaling is None:
+            self.rope_scaling = params
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_ndims(self) -> int:
+        """Rotary dims per head: GPT-NeoX rotates only the first ``rotary_pct`` of each head."""
+        return int(self.head_size * self.rotary_pct)
+
+    @property
+    def rope_type(self) -> str:
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+    @property
+    def rope_factor(self) -> float:
+        return float((self.rope_scaling or {}).get("factor", 1.0))
+
+    @property
+    def rope_theta(self) -> float:
+        return self.rotary_emb_base
+
+    @property
+    def partial_rotary_factor(self) -> float:
+        return self.rotary_pct
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        """The transformers 5 spelling of the rotary settings."""
+        params = dict(self.rope_scaling or {})
+        params.pop("type", None)
+        params.update(
+            rope_type=self.rope_type, rope_theta=self.rotary_emb_base, partial_rotary_factor=self.rotary_pct
+        )
+        return params
+
+    @property
+    def num_labels(self) -> int:  # read by some HF utilities; causal LMs have none
+        return int(self.extra.get("num_labels", 2))
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    @property
+    def _attn_implementation(self) -> str:
+        return self.attn_implementation
+
+    def __getattr__(self, name: str) -> Any:
+        # Unknown config.json keys stay readable as attributes, as in transformers.
+        if name != "extra" and "extra" in self.__dict__ and name in self.__dict__["extra"]:
+            return self.__dict__["extra"][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field for any value no model can be built from."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise ValueError(f"config.{name} must be an integer, got {value!r} ({type(value).__name__})")
+            if value <= 0:
+                raise ValueError(f"config.{name} must be positive, got {value}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"config.hidden_size ({self.hidden_size}) must be divisible by "
+                f"config.num_attention_heads ({self.num_attention_heads})"
+            )
+        for name in ("rotary_pct", "rotary_emb_base", "attention_dropout", "hidden_dropout",
+                     "classifier_dropout", "initializer_range", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not _is_number(value):
+                raise ValueError(f"config.{name} must be a number, got {value!r} ({type(value).__name__})")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ValueError(f"config.rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.rotary_ndims % 2:
+            raise ValueError(
+                f"rotary dims per head (head_size {self.head_size} × rotary_pct {self.rotary_pct} = "
+                f"{self.rotary_ndims}) must be even"
+            )
+        if self.rotary_emb_base <= 0:
+            raise ValueError(f"config.rotary_emb_base must be positive, got {self.rotary_emb_base}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"config.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        for name in ("attention_dropout", "hidden_dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"config.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"config.hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+        for name in ("use_cache", "tie_word_embeddings", "use_parallel_residual", "attention_bias", "is_decoder",
+                     "output_attentions", "output_hidden_states", "return_dict"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and not _is_int(value):
+                raise ValueError(f"config.{name} must be an integer or null, got {value!r}")
+        eos = self.eos_token_id
+        if eos is not None and not _is_int(eos) and not (isinstance(eos, list) and all(_is_int(e) for e in eos)):
+            raise ValueError(f"config.eos_token_id must be an integer, a list of integers or null, got {eos!r}")
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, dict):
+                raise ValueError(f"config.rope_scaling must be a JSON object or null, got {self.rope_scaling!r}")
+            if self.rope_type not in ROPE_TYPES:
+                raise ValueError(f"rope type {self.rope_type!r} is not supported; use one of {ROPE_TYPES}")
+            if self.rope_type != "default":
+                factor = self.rope_scaling.get("factor")
+                if not _is_number(factor) or factor < 1.0:
+                    raise ValueError(f"rope scaling factor must be a number >= 1, got {factor!r}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's content: both rotary spellings, the unknown keys, then this file's own."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "name_or_path", "attn_implementation"):
+                continue
+            out[f.name] = copy.deepcopy(getattr(self, f.name))
+        if out["architectures"] is None:
+            out.pop("architectures")
+        # Classic keys for transformers 4 readers; rope_parameters for transformers 5.
+        out["rope_parameters"] = self.rope_parameters
+        if self.rope_scaling is not None:
+            # transformers 4.2x–4.4x validate rope_scaling as exactly {"type", "factor"}.
+            out["rope_scaling"] = {"type": self.rope_type, "factor": self.rope_factor}
+        out["torch_dtype"] = out["dtype"]
+        out.update(copy.deepcopy(self.extra))
+        out["model_type"] = self.model_type
+        return dict(sorted(out.items()))
+
+    def to_json_string(self, use_diff: bool = False) -> str:
+        data = self.to_dict()
+        if use_diff:
+            default = GPTNeoXConfig().to_dict()
+            data = {k: v for k, v in data.items() if k not in default or default[k] != v or k == "model_type"}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        from .checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json_string())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "GPTNeoXConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "GPTNeoXConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "GPTNeoXConfig":
+        """Read config.json from a folder or a Hub repo id; keyword arguments override its values."""
+        options = HubOptions.pop_from(kwargs)
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+        path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, options, required=True)
+        config = cls.from_json_file(path)
+        config.name_or_path = str(pretrained_model_name_or_path)
+        unused = {}
+        for key, value in kwargs.items():
+            if key in {f.name for f in dataclasses.fields(cls)} or key in ("torch_dtype", "rope_parameters"):
+                config = cls.from_dict({**config.to_dict(), key: value})
+                config.name_or_path = str(pretrained_model_name_or_path)
+            else:
+                unused[key] = value
+        if unused and not return_unused_kwargs:
+            raise TypeError(f"GPTNeoXConfig.from_pretrained got unknown arguments: {sorted(unused)}")
+        return (config, unused) if return_unused_kwargs else config
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        save_directory = Path(save_directory)
+        if save_directory.exists() and not save_directory.is_dir():
+            raise ValueError(f"save_pretrained: {save_directory} exists and is not a folder")
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self.to_json_file(save_directory / CONFIG_NAME)
+
+    def __repr__(self) -> str:
+        return f"GPTNeoXConfig {self.to_json_string(use_diff=True)}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GPTNeoXConfig) and self.to_dict() == other.to_dict()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _normalise_rope_scaling(scaling: dict) -> dict:
+    """One spelling for rope_scaling: {"rope_type": ..., "factor": ...} (plus anything else given)."""
+    scaling = dict(scaling)
+    rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    scaling.pop("type", None)
+    scaling.pop("rope_theta", None)
+    scaling.pop("partial_rotary_factor", None)
+    return {"rope_type": rope_type, **scaling}
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    if dtype is None:
+        return None
+    name = str(dtype)
+    return name[len("torch."):] if name.startswith("torch.") else name

@@ -1,0 +1,888 @@
+"""GPT-NeoX (Black et al., 2022): the model, its KV cache, and loading by assignment.
+
+Notation
+--------
+    B   batch size                    L   number of layers
+    T   tokens in this forward call   S   key/value length: cached tokens + T
+    D   hidden size (d_model)         V   vocabulary size
+    H   attention heads               hs  head size = D / H
+    r   rotary dims per head = int(hs · rotary_pct)   (GPT-NeoX rotates only part of each head)
+
+A layer, as in the checkpoint (module names are the checkpoint's keys, so loading needs no
+rename table):
+
+    parallel residual (gpt-neox-20b, Pythia):   x ← x + attn(ln₁(x)) + mlp(ln₂(x))
+    sequential residual:                        a ← x + attn(ln₁(x));  x ← a + mlp(ln₂(a))
+
+ln₁ = ``input_layernorm``, ln₂ = ``post_attention_layernorm``. In the parallel form the two
+LayerNorms both read the same x: there are two, with separate weights, not one shared.
+
+The output head ``embed_out`` is untied from ``embed_in`` in every EleutherAI checkpoint
+(``tie_word_embeddings=False``), and has no bias.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from .config import GPTNeoXConfig
+from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["KVCache", "GPTNeoXPreTrainedModel", "GPTNeoXModel", "GPTNeoXForCausalLM", "attention"]
+
+
+# ============================================================================== KV cache
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to ``capacity`` tokens and written in place.
+
+    ``keys[i]`` / ``values[i]`` are (B, H, capacity, hs) buffers; the first ``len`` positions
+    are filled. ``cache[i]`` gives layer i's (key, value) as (B, H, S, hs) views and ``len(cache)``
+    the number of layers, which is the documented tuple-of-tuples form of ``past_key_values``.
+    The model writes layer i's new keys with :meth:`update` and calls :meth:`advance` once per
+    forward. A cache that runs out of room grows (doubling, one copy); ``generate`` sizes it to
+    the final length up front so that never happens while decoding.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_size: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (batch_size, num_heads, capacity, head_size)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = 0
+
+    @classmethod
+    def for_model(
+        cls, config: GPTNeoXConfig, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device
+    ) -> "KVCache":
+        return cls(config.num_hidden_layers, batch_size, config.num_attention_heads, config.head_size,
+                   capacity, dtype, device)
+
+    @classmethod
+    def from_legacy_cache(
+        cls, past: Sequence[tuple[torch.Tensor, torch.Tensor]], extra_capacity: int = 0
+    ) -> "KVCache":
+        """Copy a tuple of per-layer (key, value) tensors, each (B, H, S, hs), into a new cache."""
+        if len(past) == 0:
+            raise ValueError("past_key_values is an empty sequence; pass None to start without a cache")
+        for i, layer in enumerate(past):
+            if not (isinstance(layer, (tuple, list)) and len(layer) == 2
+                    and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in layer)):
+                raise ValueError(
+                    f"past_key_values[{i}] must be a (key, value) pair of 4-D tensors (B, H, S, hs)"
+                )
+            if layer[0].shape != layer[1].shape or layer[0].shape != past[0][0].shape:
+                raise ValueError(
+                    f"past_key_values[{i}] has key {tuple(layer[0].shape)} and value {tuple(layer[1].shape)}; "
+                    f"every key and value must have layer 0's shape {tuple(past[0][0].shape)}"
+                )
+        k0 = past[0][0]
+        batch, heads, length, head_size = k0.shape
+        cache = cls(len(past), batch, heads, head_size, length + max(extra_capacity, 1), k0.dtype, k0.device)
+        for i, (k, v) in enumerate(past):
+            cache.keys[i][:, :, :length] = k
+            cache.values[i][:, :, :length] = v
+        cache.length = length
+        return cache
+
+    # -- the documented tuple form -------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self[i] for i in range(len(self)))
+
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return tuple(self)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def __repr__(self) -> str:
+        return f"KVCache(layers={len(self)}, batch={self.batch_size}, length={self.length}, capacity={self.capacity})"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def reserve(self, new_tokens: int) -> None:
+        """Make room for ``new_tokens`` more positions (one copy, doubling), before a forward."""
+        need = self.length + new_tokens
+        if need <= self.capacity:
+            return
+        capacity = max(need, 2 * self.capacity)
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
+                new[:, :, : self.length] = old[:, :, : self.length]
+                buffers[i] = new
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, T, hs) key/value at positions [len, len+T); return (B, H, len+T, hs) views."""
+        end = self.length + key.shape[2]
+        self.keys[layer][:, :, self.length : end] = key
+        self.values[layer][:, :, self.length : end] = value
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, new_tokens: int) -> None:
+        self.length += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search), in place."""
+        for buffers in (self.keys, self.values):
+            for i, buf in enumerate(buffers):
+                buffers[i] = buf.index_select(0, index.to(buf.device))
+
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (e.g. to reuse a shared prompt)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
+        self.length = length
+
+
+# ============================================================================== building blocks
+
+
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    # gpt-neox-20b's "gelu_fast": the tanh approximation written with 0.7978845608 ≈ √(2/π).
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+ACT_FNS = {
+    "gelu": F.gelu,  # exact (erf) GELU: Pythia's activation
+    "gelu_fast": _gelu_fast,
+    "gelu_new": _gelu_new,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+class GPTNeoXMLP(nn.Module):
+    def __init__(self, config: GPTNeoXConfig) -> None:
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACT_FNS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embedding, computed in fp32 from integer positions.
+
+    Linear scaling divides the frequencies by ``factor``. Dynamic (NTK) scaling raises the base
+    once the sequence outgrows ``max_position_embeddings``:
+    base' = base · (factor · S / max_pos − (factor − 1)) ^ (r / (r − 2)).
+    """
+
+    def __init__(self, config: GPTNeoXConfig) -> None:
+        super().__init__()
+        self.dim = config.rotary_ndims
+        self.base = float(config.rotary_emb_base)
+        self.rope_type = config.rope_type
+        self.factor = config.rope_factor
+        self.max_positions = config.max_position_embeddings
+        self.register_buffer("inv_freq", self._inv_freq(self.base), persistent=False)
+
+    def _inv_freq(self, base: float, device: torch.device | None = None) -> torch.Tensor:
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
+        inv_freq = 1.0 / (base**exponents)
+        if self.rope_type == "linear":
+            inv_freq = inv_freq / self.factor
+        return inv_freq
+
+    def reset_parameters(self, device: torch.device | None = None) -> None:
+        self.inv_freq = self._inv_freq(self.base, device)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq
+        if self.rope_type == "dynamic":
+            seq_len = int(position_ids.max()) + 1
+            if seq_len > self.max_positions:
+                r = self.dim
+                base = self.base * ((self.factor * seq_len / self.max_positions) - (self.factor - 1)) ** (r / (r - 2))
+                inv_freq = self._inv_freq(base, position_ids.device)
+        freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)  # (B, T, r/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, r)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first r dims of each head of x (B, H, T, hs); the remaining hs − r pass through."""
+    r = cos.shape[-1]
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r)
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    causal: bool,
+    implementation: str = "sdpa",
+    dropout: float = 0.0,
+    head_mask: torch.Tensor | None = None,
+    return_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q·kᵀ/√hs + mask)·v over q (B, H, T, hs) and k, v (B, H, S, hs) → (B, H, T, hs).
+
+    ``mask`` is boolean (B, 1, T, S), True where a query may attend; ``causal`` says the plain
+    lower-triangular mask applies instead (no padding, no cache). SDPA is the fast path; the eager
+    path is the reference, and the only one that can return probabilities or apply ``head_mask``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if implementation == "sdpa" and not return_probs and head_mask is None:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and mask is None, scale=scale
+        )
+        return out, None
+    # Eager reference. Scores are formed in fp32: in fp16 a raw q·kᵀ above 65504 would overflow
+    # to inf (and softmax to NaN) although the scaled score is small.
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))  # (B, H, T, S)
+    if causal and mask is None:
+        T, S = q.shape[2], k.shape[2]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    if dropout:
+        probs = F.dropout(probs, p=dropout)
+    if head_mask is not None:
+        probs = probs * head_mask
+    return torch.matmul(probs, v), probs
+
+
+class GPTNeoXAttention(nn.Module):
+    def __init__(self, config: GPTNeoXConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_size = config.head_size
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        causal: bool,
+        cache: KVCache | None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, _ = x.shape
+        # The fused projection is laid out per head: [q_h, k_h, v_h] for h = 0..H-1, not [Q; K; V].
+        qkv = self.query_key_value(x).view(B, T, self.num_heads, 3 * self.head_size)  # (B, T, H, 3·hs)
+        qkv = qkv.transpose(1, 2)  # (B, H, T, 3·hs)
+        q, k, v = qkv.chunk(3, dim=-1)  # each (B, H, T, hs)
+        cos, sin = rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, hs)
+        impl = self.config.attn_implementation
+        dropout = self.config.attention_dropout if self.training else 0.0
+        y, probs = attention(q, k, v, mask, causal=causal, implementation=impl, dropout=dropout,
+                             head_mask=head_mask, return_probs=output_attentions)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)  # (B, T, D)
+        return self.dense(y), probs
+
+
+class GPTNeoXLayer(nn.Module):
+    def __init__(self, config: GPTNeoXConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
+        self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
+        self.attention = GPTNeoXAttention(config, layer_idx)
+        self.mlp = GPTNeoXMLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        causal: bool,
+        cache: KVCache | None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, probs = self.attention(self.input_layernorm(x), rope, mask, causal, cache, head_mask, output_attentions)
+        a = self.post_attention_dropout(a)
+        if self.use_parallel_residual:
+            # Both LayerNorms read the layer's input x.
+            m = self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
+            return m + a + x, probs
+        a = a + x
+        return self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(a))) + a, probs
+
+
+# ============================================================================== masks and checks
+
+
+def _attention_mask(
+    attention_mask: torch.Tensor | None, B: int, T: int, past: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """(mask, causal): a boolean (B, 1, T, S) mask, or None with ``causal`` saying whether the plain
+    causal mask applies (no cache). With no padding, no mask tensor is built at all."""
+    S = past + T
+    if attention_mask is None:
+        if past == 0 or T == 1:
+            return None, past == 0
+        return _causal(T, S, device)[None, None], False
+    if attention_mask.dim() == 4:
+        if attention_mask.dtype == torch.bool or not attention_mask.is_floating_point():
+            mask = attention_mask != 0
+        else:  # additive: 0 where attending, a large negative number where not
+            mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        return mask.to(device), False
+    keep = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
+    mask = keep[:, None, None, :] & _causal(T, S, device)[None, None]  # (B, 1, T, S)
+    # A query at a padding position may see no key at all (left padding); let it see itself so
+    # its (ignored) output stays finite instead of NaN.
+    diagonal = torch.arange(T, device=device)
+    mask[:, :, diagonal, past + diagonal] = True
+    return mask, False
+
+
+def _causal(T: int, S: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)  # (T, S), query i sees keys ≤ S−T+i
+
+
+def _check_input_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(input_ids))  # one sync, before any CUDA kernel can assert
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab_size})")
+
+
+# ============================================================================== the models
+
+
+class GPTNeoXPreTrainedModel(nn.Module):
+    """What the GPT-NeoX models share: config, init, loading, saving and the HF helper surface."""
+
+    config_class = GPTNeoXConfig
+    base_model_prefix = "gpt_neox"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GPTNeoXLayer"]
+
+    def __init__(self, config: GPTNeoXConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTNeoXConfig):
+            raise TypeError(f"config must be a neox GPTNeoXConfig, got {type(config).__name__}")
+        self.config = config
+        self.name_or_path = config.name_or_path
+
+    # -- init ------------------------------------------------------------------------------
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, RotaryEmbedding):
+            module.reset_parameters(module.inv_freq.device)
+
+    def post_init(self) -> None:
+        if not any(p.is_meta for p in self.parameters()):
+            self.apply(self._init_weights)
+        self.tie_weights()
+
+    # -- the HF helper surface ---------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self._base().embed_in
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self._base().embed_in = value
+
+    def _base(self) -> "GPTNeoXModel":
+        return self if isinstance(self, GPTNeoXModel) else getattr(self, self.base_model_prefix)
+
+    @property
+    def base_model(self) -> "GPTNeoXModel":
+        return self._base()
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        return None
+
+    def tie_weights(self) -> None:
+        """With ``tie_word_embeddings`` the output head shares the input embedding's weight."""
+        out = self.get_output_embeddings()
+        if out is not None and self.config.tie_word_embeddings:
+            out.weight = self.get_input_embeddings().weight
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+            out = self.get_output_embeddings()
+            if out is not None:
+                skip.add(id(out.weight))
+        seen, total = set(), 0
+        for p in self.parameters():  # parameters() already yields a tied weight once
+            if id(p) in skip or id(p) in seen or (only_trainable and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None
+    ) -> nn.Embedding:
+        """Grow or shrink the vocabulary; new rows are initialised as in training (normal, std
+        initializer_range). Updates ``config.vocab_size``. Returns the input embedding."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        n = old.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of <= 0:
+                raise ValueError(f"pad_to_multiple_of must be a positive integer, got {pad_to_multiple_of!r}")
+            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        keep = min(n, old.num_embeddings)
+        new = nn.Embedding(n, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(new)
+        with torch.no_grad():
+            new.weight[:keep] = old.weight[:keep]
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        out = self.get_output_embeddings()
+        if out is not None and not self.config.tie_word_embeddings:
+            head = nn.Linear(out.in_features, n, bias=False, device=out.weight.device, dtype=out.weight.dtype)
+            self._init_weights(head)
+            with torch.no_grad():
+                head.weight[:keep] = out.weight[:keep]
+            head.weight.requires_grad_(out.weight.requires_grad)
+            self.set_output_embeddings(head)
+        self.config.vocab_size = n
+        self.tie_weights()
+        return new
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer in the backward pass (same gradients, less activation memory)."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        unknown = set(kwargs) - {"use_reentrant"}
+        if unknown:
+            raise TypeError(f"gradient_checkpointing_kwargs: unknown keys {sorted(unknown)}")
+        self._base().gradient_checkpointing = True
+        self._base().gradient_checkpointing_use_reentrant = kwargs.get("use_reentrant", False)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._base().gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._base().gradient_checkpointing
+
+    def enable_input_require_grads(self) -> None:
+        """Make the embedding output require grad (PEFT with frozen embeddings + checkpointing)."""
+
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
+
+    def disable_input_require_grads(self) -> None:
+        hook = getattr(self, "_require_grads_hook", None)
+        if hook is not None:
+            hook.remove()
+            del self._require_grads_hook
+
+    def can_generate(self) -> bool:
+        return False
+
+    # -- loading and saving --------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        **kwargs: Any,
+    ) -> "GPTNeoXPreTrainedModel":
+        """Load a checkpoint folder or Hub repo id (see :func:`neox.loading.load_pretrained`)."""
+        if model_args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments")
+        from .loading import load_pretrained
+
+        return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        max_shard_size: int | str = "5GB",
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        is_main_process: bool = True,
+    ) -> None:
+        """Write config.json, generation_config.json and safetensors weights, atomically."""
+        if not safe_serialization:
+            raise ValueError("neox saves safetensors only (safe_serialization=False is not supported)")
+        if not is_main_process:
+            return
+        from .loading import save_pretrained
+
+        save_pretrained(self, Path(save_directory), max_shard_size=max_shard_size, state_dict=state_dict)
+
+
+class GPTNeoXModel(GPTNeoXPreTrainedModel):
+    """The decoder stack: embeddings, L layers, final LayerNorm → hidden states (B, T, D)."""
+
+    def __init__(self, config: GPTNeoXConfig) -> None:
+        super().__init__(config)
+        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.emb_dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.gradient_checkpointing_use_reentrant = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        past_key_values: KVCache | Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache: KVCache | None = None,
+    ) -> BaseModelOutputWithPast | tuple:
+        """See ``GPTNeoXForCausalLM.forward``; returns hidden states instead of logits."""
+        out = self._forward_checked(
+            input_ids, attention_mask, position_ids, inputs_embeds, head_mask,
+            _pick_cache(past_key_values, cache), use_cache, output_attentions, output_hidden_states,
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return out if return_dict else out.to_tuple()
+
+    # The checks live here, once, so that the decode loop in generation can call `core` directly.
+    def _forward_checked(
+        self, input_ids, attention_mask, position_ids, inputs_embeds, head_mask, past, use_cache,
+        output_attentions, output_hidden_states,
+    ) -> BaseModelOutputWithPast:
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if not isinstance(input_ids, torch.Tensor):
+                raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+            if input_ids.dim() == 1:
+                input_ids = input_ids[None]
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+            _check_input_ids(input_ids, self.embed_in.num_embeddings)
+            B, T = input_ids.shape
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
+                )
+            B, T = inputs_embeds.shape[:2]
+        if T == 0 or B == 0:
+            raise ValueError(f"empty input: batch {B} × sequence length {T}; nothing to run")
+
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            if not getattr(self, "_warned_checkpointing_cache", False):
+                logger.warning("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
+                self._warned_checkpointing_cache = True
+            use_cache = False
+        if past is not None and not isinstance(past, KVCache):
+            past = KVCache.from_legacy_cache(past, extra_capacity=T)
+        if past is not None and past.batch_size != B:
+            raise ValueError(f"past_key_values holds batch size {past.batch_size}, the input has {B}")
+        past_len = past.length if past is not None else 0
+
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+            want2 = (B, past_len + T)
+            if attention_mask.dim() == 2 and tuple(attention_mask.shape) != want2:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, past + seq_len) = {want2}"
+                )
+            want4 = (past_len + T,)
+            if attention_mask.dim() == 4 and (attention_mask.shape[0] not in (1, B) or attention_mask.shape[2] != T
+                                               or attention_mask.shape[3] != past_len + T):
+                raise ValueError(
+                    f"4-D attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                    f"(batch, 1, {T}, {want4[0]})"
+                )
+            if attention_mask.dim() not in (2, 4):
+                raise ValueError(f"attention_mask must be 2-D (batch, seq) or 4-D, got {attention_mask.dim()}-D")
+        if position_ids is not None:
+            if position_ids.dim() == 1:
+                position_ids = position_ids[None]
+            if position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
+                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({B}, {T})")
+        if head_mask is not None:
+            head_mask = self._head_mask(head_mask)
+
+        if use_cache and past is None:
+            device = input_ids.device if input_ids is not None else inputs_embeds.device
+            past = KVCache.for_model(config, B, T, self.embed_in.weight.dtype, device)
+        return self.core(
+            input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            cache=past,
+            head_mask=head_mask,
+            output_attentions=config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        )
+
+    def _head_mask(self, head_mask: torch.Tensor) -> torch.Tensor:
+        L, H = self.config.num_hidden_layers, self.config.num_attention_heads
+        if head_mask.dim() == 1:
+            head_mask = head_mask[None].expand(L, -1)
+        if tuple(head_mask.shape) != (L, H):
+            raise ValueError(f"head_mask must be (num_heads,) = ({H},) or (num_layers, num_heads) = ({L}, {H})")
+        return head_mask[:, None, :, None, None].to(self.embed_in.weight.dtype)  # (L, 1, H, 1, 1)
+
+    def core(
+        self,
+        input_ids: torch.Tensor | None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        head_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPast:
+        """The unchecked forward pass (inputs already validated)."""
+        x = self.embed_in(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        B, T = x.shape[:2]
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            cache.reserve(T)
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
+        mask, causal = _attention_mask(attention_mask, B, T, past, x.device)
+        rope = self.rotary_emb(position_ids, x.dtype)  # cos, sin: (B|1, T, r)
+        x = self.emb_dropout(x)
+
+        hidden_states: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                hidden_states.append(x)
+            hm = head_mask[i] if head_mask is not None else None
+            if checkpointing:
+                x, probs = torch.utils.checkpoint.checkpoint(
+                    layer, x, rope, mask, causal, cache, hm, output_attentions,
+                    use_reentrant=self.gradient_checkpointing_use_reentrant,
+                )
+            else:
+                x, probs = layer(x, rope, mask, causal, cache, hm, output_attentions)
+            if output_attentions:
+                attentions.append(probs)
+        x = self.final_layer_norm(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        if cache is not None:
+            cache.advance(T)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=cache,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
+    """GPTNeoXModel plus the untied output head ``embed_out`` (D → V, no bias)."""
+
+    _tied_weights_keys = ["embed_out.weight"]
+
+    def __init__(self, config: GPTNeoXConfig) -> None:
+        super().__init__(config)
+        self.gpt_neox = GPTNeoXModel(config)
+        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.generation_config = None
+        # GPTNeoXModel initialised itself; only the head is new here.
+        if not self.embed_out.weight.is_meta:
+            self._init_weights(self.embed_out)
+        self.tie_weights()
+        from .generation import GenerationConfig
+
+        self.generation_config = GenerationConfig.from_model_config(config)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.embed_out
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.embed_out = new_embeddings
+
+    @property
+    def lm_head(self) -> nn.Linear:  # transformers 5's name for the head
+        return self.embed_out
+
+    def can_generate(self) -> bool:
+        return True
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        past_key_values: KVCache | Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Logits (B, T, V) for input_ids (B, T), and the loss when ``labels`` are given.
+
+        Args:
+            input_ids: token ids (B, T); or pass ``inputs_embeds`` (B, T, D) instead.
+            attention_mask: (B, past + T), 1 for tokens and 0 for padding; a 4-D (B, 1, T, S)
+                mask is accepted too (bool/int: nonzero attends; float: additive).
+            position_ids: (B, T); default past … past+T−1.
+            head_mask: (H,) or (L, H) multipliers on the attention probabilities (eager path).
+            past_key_values: a :class:`KVCache`, or a tuple of per-layer (key, value) tensors
+                (B, H, S, hs). ``cache`` is transformers 5's name for the same argument.
+            labels: (B, T) targets; the loss is the shifted cross-entropy in fp32, positions
+                labelled -100 ignored; mean over tokens, or sum / ``num_items_in_batch``.
+            use_cache: return the cache as ``past_key_values`` (default ``config.use_cache``;
+                off while training with gradient checkpointing).
+            logits_to_keep: int N > 0 computes logits for the last N positions only; a 1-D
+                tensor selects positions.
+        """
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise ValueError("labels need logits for every position: do not combine them with logits_to_keep")
+        out = self.gpt_neox._forward_checked(
+            input_ids, attention_mask, position_ids, inputs_embeds, head_mask,
+            _pick_cache(past_key_values, cache), use_cache, output_attentions, output_hidden_states,
+        )
+        h = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep < 0:
+                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+            if logits_to_keep:
+                h = h[:, -logits_to_keep:]
+        else:
+            h = h[:, logits_to_keep]
+        logits = self.embed_out(h)  # (B, T', V)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, num_items_in_batch)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states, attentions=out.attentions,
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return result if return_dict else result.to_tuple()
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Decode; see :func:`neox.generation.generate` for the arguments."""
+        from .generation import generate
+
+        return generate(self, *args, **kwargs)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy in fp32: position t predicts labels[t+1]; -100 is ignored."""
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)}; expected {tuple(logits.shape[:-1])} like input_ids")
+    V = logits.shape[-1]
+    targets = F.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)  # (B, T): labels shifted left
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction=reduction)
+    if num_items_in_batch is not None:
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        loss = loss / num_items_in_batch
+    return loss
+
+
+def _pick_cache(past_key_values: Any, cache: Any) -> Any:
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("pass the cache as past_key_values or as cache, not both")
+    return past_key_values if past_key_values is not None else cache

@@ -1,0 +1,97 @@
+"""Output objects with the behaviour of transformers' ModelOutput.
+
+A dict of the fields that are not None, in declaration order, with attribute access for every
+field (None when unset), integer and slice indexing over the set fields (``outputs[0]`` is the
+loss when there is one, else the logits), and ``to_tuple()``. HF Trainer, accelerate and PEFT
+consume exactly these forms; accelerate rebuilds outputs as ``type(out)(dict)``, so a single
+mapping argument is accepted too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["ModelOutput", "BaseModelOutputWithPast", "CausalLMOutputWithPast"]
+
+
+class ModelOutput(OrderedDict):
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        if args:
+            if len(args) != 1 or not hasattr(args[0], "items") or kwargs:
+                raise TypeError(f"{type(self).__name__} takes keyword arguments or a single mapping")
+            kwargs = dict(args[0].items())
+        unknown = set(kwargs) - set(self._fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(unknown)}; fields are {self._fields}")
+        for name in self._fields:
+            value = kwargs.get(name)
+            if value is not None:
+                super().__setitem__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._fields:
+            return self.get(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._fields:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._fields:
+            raise KeyError(f"{type(self).__name__} has no field {key!r}")
+        if value is None:
+            self.pop(key, None)
+            return
+        # Keep declaration order whichever field is set first.
+        items = {**self, key: value}
+        super().clear()
+        for name in self._fields:
+            if name in items:
+                super().__setitem__(name, items[name])
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return self.to_tuple()[key]
+        return super().__getitem__(key)
+
+    def __reduce__(self):  # picklable despite the custom __init__
+        return (type(self), (dict(self),))
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(self.values())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={_short(v)}" for k, v in self.items())
+        return f"{type(self).__name__}({inner})"
+
+
+def _short(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"<tensor {tuple(shape)}>" if shape is not None else type(value).__name__
+
+
+class BaseModelOutputWithPast(ModelOutput):
+    """``last_hidden_state`` (B, T, D); ``past_key_values`` (the KVCache) when caching;
+    ``hidden_states`` (embeddings + one per layer) and ``attentions`` when asked for."""
+
+    _fields = ("last_hidden_state", "past_key_values", "hidden_states", "attentions")
+
+    @property
+    def cache(self) -> Any:  # transformers 5's name for past_key_values
+        return self.get("past_key_values")
+
+
+class CausalLMOutputWithPast(ModelOutput):
+    """``loss`` (when labels are given), ``logits`` (B, T, V), then as BaseModelOutputWithPast."""
+
+    _fields = ("loss", "logits", "past_key_values", "hidden_states", "attentions")
+
+    @property
+    def cache(self) -> Any:
+        return self.get("past_key_values")
