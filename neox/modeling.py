@@ -233,6 +233,7 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = self._inv_freq(self.base, device)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of the angles position · inv_freq: (B|1, T, r/2) each, angles in fp32."""
         inv_freq = self.inv_freq
         if self.rope_type == "dynamic":
             seq_len = int(position_ids.max()) + 1
@@ -240,22 +241,25 @@ class RotaryEmbedding(nn.Module):
                 r = self.dim
                 base = self.base * ((self.factor * seq_len / self.max_positions) - (self.factor - 1)) ** (r / (r - 2))
                 inv_freq = self._inv_freq(base, position_ids.device)
-        freqs = position_ids[..., None].float() * inv_freq.to(position_ids.device)  # (B, T, r/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, r)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        angles = position_ids[..., None].float() * inv_freq.to(position_ids.device)  # (B, T, r/2)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate, in place, the first r dims of the heads in x (B, T, H, n, hs), n heads per slot.
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first r dims of each head of x (B, H, T, hs); the remaining hs − r pass through."""
-    r = cos.shape[-1]
-    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r)
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+    GPT-NeoX pairs dim i with dim i + r/2 (the "rotate_half" convention, not adjacent pairs):
+        (x₁, x₂) ← (x₁·cos − x₂·sin, x₂·cos + x₁·sin),   x₁ = x[..., :r/2], x₂ = x[..., r/2:r].
+    This is bitwise the reference x·cos + rotate_half(x)·sin, without the concatenations.
+    The remaining hs − r dims pass through untouched.
+    """
+    half = cos.shape[-1]
+    cos, sin = cos[:, :, None, None], sin[:, :, None, None]  # (B|1, T, 1, 1, r/2)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    r1 = x1 * cos - x2 * sin
+    r2 = x2 * cos + x1 * sin
+    x1.copy_(r1)
+    x2.copy_(r2)
 
 
 def attention(
@@ -319,12 +323,11 @@ class GPTNeoXAttention(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
-        # The fused projection is laid out per head: [q_h, k_h, v_h] for h = 0..H-1, not [Q; K; V].
-        qkv = self.query_key_value(x).view(B, T, self.num_heads, 3 * self.head_size)  # (B, T, H, 3·hs)
-        qkv = qkv.transpose(1, 2)  # (B, H, T, 3·hs)
-        q, k, v = qkv.chunk(3, dim=-1)  # each (B, H, T, hs)
+        # The fused projection is laid out per head, [q_h | k_h | v_h] for h = 0..H−1, not [Q; K; V].
+        qkv = self.query_key_value(x).view(B, T, self.num_heads, 3, self.head_size)  # (B, T, H, 3, hs)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        apply_rotary_(qkv[:, :, :, :2], cos, sin)  # q and k together; qkv is this call's own tensor
+        q, k, v = qkv.transpose(1, 2).unbind(3)  # each (B, H, T, hs)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, hs)
         impl = self.config.attn_implementation
@@ -659,7 +662,9 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         if T == 0 or B == 0:
             raise ValueError(f"empty input: batch {B} × sequence length {T}; nothing to run")
 
-        use_cache = config.use_cache if use_cache is None else use_cache
+        if use_cache is None:
+            # config.use_cache, except while training: a cache is never read there, only held.
+            use_cache = config.use_cache and not (self.training and torch.is_grad_enabled())
         if self.gradient_checkpointing and self.training and use_cache:
             if not getattr(self, "_warned_checkpointing_cache", False):
                 logger.warning("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
@@ -736,7 +741,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
         mask, causal = _attention_mask(attention_mask, B, T, past, x.device)
-        rope = self.rotary_emb(position_ids, x.dtype)  # cos, sin: (B|1, T, r)
+        rope = self.rotary_emb(position_ids, x.dtype)  # cos, sin: (B|1, T, r/2)
         x = self.emb_dropout(x)
 
         hidden_states: list[torch.Tensor] = []
