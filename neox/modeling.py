@@ -360,13 +360,16 @@ class GPTNeoXLayer(nn.Module):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, probs = self.attention(self.input_layernorm(x), rope, mask, causal, cache, head_mask, output_attentions)
-        a = self.post_attention_dropout(a)
+        dropout = self.training and self.post_attention_dropout.p > 0  # skip two no-op calls per layer otherwise
+        if dropout:
+            a = self.post_attention_dropout(a)
         if self.use_parallel_residual:
             # Both LayerNorms read the layer's input x.
-            m = self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
-            return m + a + x, probs
+            m = self.mlp(self.post_attention_layernorm(x))
+            return (self.post_mlp_dropout(m) if dropout else m) + a + x, probs
         a = a + x
-        return self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(a))) + a, probs
+        m = self.mlp(self.post_attention_layernorm(a))
+        return (self.post_mlp_dropout(m) if dropout else m) + a, probs
 
 
 # ============================================================================== masks and checks
