@@ -148,8 +148,19 @@ class KVCache:
                 new[:, :, : self.length] = old[:, :, : self.length]
                 buffers[i] = new
 
-    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, H, T, hs) key/value at positions [len, len+T); return (B, H, len+T, hs) views."""
+    def update(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, H, T, hs) key/value at positions [len, len+T); return (B, H, len+T, hs) views.
+
+        With ``positions`` (a (T,) tensor) the write goes there instead and the whole buffers
+        (B, H, capacity, hs) come back: shapes then never change from step to step, which is
+        what torch.compile and CUDA graphs need. The caller masks the unfilled positions.
+        """
+        if positions is not None:
+            self.keys[layer].index_copy_(2, positions, key)
+            self.values[layer].index_copy_(2, positions, value)
+            return self.keys[layer], self.values[layer]
         end = self.length + key.shape[2]
         self.keys[layer][:, :, self.length : end] = key
         self.values[layer][:, :, self.length : end] = value
@@ -321,6 +332,7 @@ class GPTNeoXAttention(nn.Module):
         cache: KVCache | None,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
         # The fused projection is laid out per head, [q_h | k_h | v_h] for h = 0..H−1, not [Q; K; V].
@@ -329,7 +341,7 @@ class GPTNeoXAttention(nn.Module):
         apply_rotary_(qkv[:, :, :, :2], cos, sin)  # q and k together; qkv is this call's own tensor
         q, k, v = qkv.transpose(1, 2).unbind(3)  # each (B, H, T, hs)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, hs)
+            k, v = cache.update(self.layer_idx, k, v, cache_position)  # (B, H, S, hs)
         impl = self.config.attn_implementation
         dropout = self.config.attention_dropout if self.training else 0.0
         y, probs = attention(q, k, v, mask, causal=causal, implementation=impl, dropout=dropout,
@@ -358,8 +370,11 @@ class GPTNeoXLayer(nn.Module):
         cache: KVCache | None,
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, probs = self.attention(self.input_layernorm(x), rope, mask, causal, cache, head_mask, output_attentions)
+        a, probs = self.attention(
+            self.input_layernorm(x), rope, mask, causal, cache, head_mask, output_attentions, cache_position
+        )
         dropout = self.training and self.post_attention_dropout.p > 0  # skip two no-op calls per layer otherwise
         if dropout:
             a = self.post_attention_dropout(a)
@@ -398,6 +413,15 @@ def _attention_mask(
     diagonal = torch.arange(T, device=device)
     mask[:, :, diagonal, past + diagonal] = True
     return mask, False
+
+
+def _static_mask(cache_position: torch.Tensor, capacity: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B|1, 1, T, capacity): query t sees the cache slots ≤ cache_position[t] that are not padding."""
+    slots = torch.arange(capacity, device=cache_position.device)
+    mask = (slots[None, :] <= cache_position[:, None])[None, None]  # (1, 1, T, capacity)
+    if attention_mask is not None:
+        mask = mask & attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, T, capacity)
+    return mask
 
 
 def _causal(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -734,16 +758,29 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         head_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPast:
-        """The unchecked forward pass (inputs already validated)."""
+        """The unchecked forward pass (inputs already validated).
+
+        ``cache_position`` (T,) selects the static-shape mode used by compiled decoding: keys are
+        written at those cache slots, attention runs over the whole preallocated cache with the
+        unfilled slots masked, ``attention_mask`` (if any) spans the cache's capacity, and the
+        caller advances ``cache.length`` — nothing here depends on a Python int that changes.
+        """
         x = self.embed_in(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         B, T = x.shape[:2]
-        past = cache.length if cache is not None else 0
-        if cache is not None:
+        static = cache_position is not None
+        past = cache.length if cache is not None and not static else 0
+        if cache is not None and not static:
             cache.reserve(T)
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
-        mask, causal = _attention_mask(attention_mask, B, T, past, x.device)
+        if static:
+            if position_ids is None:
+                position_ids = cache_position[None]  # (1, T)
+            mask, causal = _static_mask(cache_position, cache.capacity, attention_mask), False
+        else:
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=x.device)[None]  # (1, T)
+            mask, causal = _attention_mask(attention_mask, B, T, past, x.device)
         rope = self.rotary_emb(position_ids, x.dtype)  # cos, sin: (B|1, T, r/2)
         x = self.emb_dropout(x)
 
@@ -756,17 +793,17 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             hm = head_mask[i] if head_mask is not None else None
             if checkpointing:
                 x, probs = torch.utils.checkpoint.checkpoint(
-                    layer, x, rope, mask, causal, cache, hm, output_attentions,
+                    layer, x, rope, mask, causal, cache, hm, output_attentions, cache_position,
                     use_reentrant=self.gradient_checkpointing_use_reentrant,
                 )
             else:
-                x, probs = layer(x, rope, mask, causal, cache, hm, output_attentions)
+                x, probs = layer(x, rope, mask, causal, cache, hm, output_attentions, cache_position)
             if output_attentions:
                 attentions.append(probs)
         x = self.final_layer_norm(x)
         if output_hidden_states:
             hidden_states.append(x)
-        if cache is not None:
+        if cache is not None and not static:
             cache.advance(T)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
