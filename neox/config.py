@@ -302,16 +302,34 @@ class GPTNeoXConfig:
         path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, options, required=True)
         config = cls.from_json_file(path)
         config.name_or_path = str(pretrained_model_name_or_path)
-        unused = {}
-        for key, value in kwargs.items():
-            if key in {f.name for f in dataclasses.fields(cls)} or key in ("torch_dtype", "rope_parameters"):
-                config = cls.from_dict({**config.to_dict(), key: value})
-                config.name_or_path = str(pretrained_model_name_or_path)
-            else:
-                unused[key] = value
+        known = {f.name for f in dataclasses.fields(cls)} | {"torch_dtype", "rope_parameters"}
+        overrides = {k: v for k, v in kwargs.items() if k in known}
+        unused = {k: v for k, v in kwargs.items() if k not in known}
+        if overrides:
+            config = config._with_overrides(overrides)
+            config.name_or_path = str(pretrained_model_name_or_path)
         if unused and not return_unused_kwargs:
             raise TypeError(f"GPTNeoXConfig.from_pretrained got unknown arguments: {sorted(unused)}")
         return (config, unused) if return_unused_kwargs else config
+
+    def _with_overrides(self, overrides: dict[str, Any]) -> "GPTNeoXConfig":
+        """A copy with ``overrides`` applied, whichever spelling they use.
+
+        to_dict spells dtype and the rotary settings twice; the spelling an override does not
+        use is dropped first, or the stale copy (rope_parameters wins over the classic keys,
+        dtype over torch_dtype) would silently undo the override.
+        """
+        data = self.to_dict()
+        if {"dtype", "torch_dtype"} & overrides.keys():
+            data.pop("dtype")
+            data.pop("torch_dtype")
+        if "rope_parameters" in overrides:
+            for key in ("rotary_pct", "rotary_emb_base", "rope_scaling"):
+                data.pop(key)
+        elif {"rotary_pct", "rotary_emb_base", "rope_scaling"} & overrides.keys():
+            data.pop("rope_parameters")
+            data["rope_scaling"] = copy.deepcopy(self.rope_scaling)
+        return type(self).from_dict({**data, **overrides})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         save_directory = Path(save_directory)
