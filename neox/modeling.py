@@ -512,12 +512,11 @@ class GPTNeoXPreTrainedModel(nn.Module):
             out.weight = self.get_input_embeddings().weight
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        # As transformers counts: exclude_embeddings drops the nn.Embedding weights only (an
+        # untied output head still counts), so Trainer/PEFT summaries print the same numbers.
         skip = set()
         if exclude_embeddings:
             skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-            out = self.get_output_embeddings()
-            if out is not None:
-                skip.add(id(out.weight))
         seen, total = set(), 0
         for p in self.parameters():  # parameters() already yields a tied weight once
             if id(p) in skip or id(p) in seen or (only_trainable and not p.requires_grad):
