@@ -243,6 +243,14 @@ class RotaryEmbedding(nn.Module):
     def reset_parameters(self, device: torch.device | None = None) -> None:
         self.inv_freq = self._inv_freq(self.base, device)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "RotaryEmbedding":
+        # model.to(bfloat16) / .half() cast buffers too: in bf16, 0.1 becomes 0.10009765625 and the
+        # angle at position 4000 is off by 0.4 rad. The frequencies stay fp32, recomputed exactly.
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self._inv_freq(self.base, self.inv_freq.device)
+        return self
+
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of the angles position · inv_freq: (B|1, T, r/2) each, angles in fp32."""
         inv_freq = self.inv_freq
