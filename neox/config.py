@@ -240,6 +240,12 @@ class GPTNeoXConfig:
                 factor = self.rope_scaling.get("factor")
                 if not _is_number(factor) or factor < 1.0:
                     raise ValueError(f"rope scaling factor must be a number >= 1, got {factor!r}")
+            if self.rope_type == "dynamic" and self.rotary_ndims < 4:
+                # The NTK base is base · (…)^(r / (r − 2)): undefined for r = 2.
+                raise ValueError(
+                    f"dynamic rope scaling needs at least 4 rotary dims per head; head_size {self.head_size} × "
+                    f"rotary_pct {self.rotary_pct} gives {self.rotary_ndims}"
+                )
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
 
