@@ -123,8 +123,11 @@ def _iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield key, f.get_tensor(key)
 
 
-def check_safetensors_header(path: Path) -> None:
-    """Reject truncated or corrupt safetensors files by name, before reading any tensor."""
+def check_safetensors_header(path: Path) -> dict:
+    """Reject truncated or corrupt safetensors files by name, before reading any tensor.
+
+    Returns the parsed header (tensor name → {"dtype", "shape", "data_offsets"}).
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -135,12 +138,13 @@ def check_safetensors_header(path: Path) -> None:
             raise CheckpointError(f"{path} is truncated or not a safetensors file (header of {header_len} bytes)")
         try:
             header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, IndexError, TypeError, ValueError):
             raise CheckpointError(f"{path} has a corrupt safetensors header") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     need = 8 + header_len + max(ends, default=0)
     if need > size:
         raise CheckpointError(f"{path} is truncated: its header needs {need} bytes, the file has {size}")
+    return header
 
 
 def _iter_torch_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -171,9 +175,7 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
     for path in files:
         if not path.name.endswith(".safetensors"):
             break
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+        header = check_safetensors_header(path)  # a truncated file is reported by name here
         for key, info in header.items():
             if key != "__metadata__" and info.get("dtype") in names:
                 return names[info["dtype"]]
