@@ -72,7 +72,7 @@ def resolve_file(
     if is_local(name_or_path):
         path = Path(name_or_path).expanduser() / options.subfolder / filename
         if path.exists():
-            return path
+            return _regular_file(path)
         if required:
             raise OSError(f"{filename!r} not found in the folder {str(path.parent)!r}")
         return None
@@ -126,4 +126,12 @@ def resolve_file(
         ) from None
     except RevisionNotFoundError:
         raise OSError(f"revision {options.revision!r} not found in {repo_id!r}") from None
-    return Path(path)
+    return _regular_file(Path(path))
+
+
+def _regular_file(path: Path) -> Path:
+    # A FIFO (or device) in place of config.json or a weight file would block the first read
+    # forever; a folder would fail later with a confusing error. Symlinks (the Hub cache) are followed.
+    if not path.is_file():
+        raise OSError(f"{path} is not a regular file")
+    return path
