@@ -231,7 +231,11 @@ class RotaryEmbedding(nn.Module):
         self.rope_type = config.rope_type
         self.factor = config.rope_factor
         self.max_positions = config.max_position_embeddings
-        self.register_buffer("inv_freq", self._inv_freq(self.base), persistent=False)
+        # Built on the meta device (from_pretrained), arange/div run Python decompositions that
+        # import torch._dynamo: 1-2 s once per process. The frequencies are computed on the CPU
+        # then; from_pretrained recomputes them on the target device (reset_parameters).
+        meta = torch.get_default_device().type == "meta"
+        self.register_buffer("inv_freq", self._inv_freq(self.base, "cpu" if meta else None), persistent=False)
 
     def _inv_freq(self, base: float, device: torch.device | None = None) -> torch.Tensor:
         exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
@@ -639,7 +643,10 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
 
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
-        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Uninitialised here (post_init draws it): nn.Embedding's own normal_ on the meta device
+        # imports torch._dynamo, 2-3 s of the first from_pretrained in a process.
+        V, D = config.vocab_size, config.hidden_size
+        self.embed_in = nn.Embedding(V, D, _weight=torch.empty(V, D))
         self.emb_dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
