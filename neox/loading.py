@@ -8,7 +8,6 @@ with plain file reads, converted and moved one at a time.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -227,37 +226,64 @@ def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device) -
                 for key, tensor in iter_checkpoint_tensors([path]):
                     yield path, key, convert(tensor)
             else:
-                for key, tensor in _read_safetensors(path):
-                    yield path, key, convert(tensor)
+                for key, tensor in _read_safetensors(path, dtype, device):
+                    yield path, key, tensor
         else:
             for key, tensor in iter_checkpoint_tensors([path]):
                 yield path, key, convert(tensor)
 
 
-def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read tensors one by one with plain reads: the peak is the largest tensor, not the file."""
-    check_safetensors_header(path)
+#: Bytes read per step when a tensor is converted on the way in (dtype or device change).
+_CHUNK_BYTES = 16 * 2**20
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Read tensors one by one with plain reads, each straight into its final dtype and device.
+
+    A tensor that needs converting is read through one reused 16 MiB staging buffer, so the
+    peak is the converted weights plus that buffer — not plus a full-precision copy of the
+    largest tensor (the 50k × 1k embedding of a 410M model is 206 MB in fp32).
+    """
+    header = check_safetensors_header(path)
+    staging = None
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
         base = 8 + n
         for key, info in header.items():
             if key == "__metadata__":
                 continue
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if dtype is None:
+            src_dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if src_dtype is None:
                 raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
             start, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=dtype)
-            nbytes = tensor.numel() * tensor.element_size()
-            if end - start != nbytes:
-                raise CheckpointError(f"{path}: tensor {key!r} has {end - start} bytes, its shape needs {nbytes}")
-            if nbytes:
-                f.seek(base + start)
-                view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-                if f.readinto(view) != nbytes:
-                    raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
-            yield key, tensor
+            out_dtype = dtype if src_dtype.is_floating_point else src_dtype
+            out = torch.empty(info["shape"], dtype=out_dtype, device=device)
+            itemsize = torch.empty((), dtype=src_dtype).element_size()
+            numel = out.numel()
+            if end - start != numel * itemsize:
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} has {end - start} bytes, its shape needs {numel * itemsize}"
+                )
+            f.seek(base + start)
+            if out_dtype == src_dtype and device.type == "cpu":
+                _read_exact(f, out.reshape(-1).view(torch.uint8), path, key)
+            else:
+                if staging is None:
+                    staging = torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
+                per_chunk = max(1, _CHUNK_BYTES // itemsize)
+                flat = out.view(-1)
+                for i in range(0, numel, per_chunk):
+                    k = min(per_chunk, numel - i)
+                    chunk = staging[: k * itemsize]
+                    _read_exact(f, chunk, path, key)
+                    flat[i : i + k].copy_(chunk.view(src_dtype))
+            yield key, out
+
+
+def _read_exact(f: Any, buffer: torch.Tensor, path: Path, key: str) -> None:
+    """Fill a contiguous uint8 CPU tensor from the file, or say which tensor is cut short."""
+    if buffer.numel() and f.readinto(memoryview(buffer.numpy())) != buffer.numel():
+        raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
 
 
 def _materialize_missing(model: nn.Module, missing: list[str], dtype: torch.dtype, device: torch.device) -> None:
