@@ -429,6 +429,21 @@ def test_tied_save_stores_the_embedding_once(save_neox_model, hf):
     same_weights(ours, loaded)
 
 
+@pytest.mark.parametrize("shards", ["5GB", "20KB"])
+def test_edit_loaded_model_and_save_into_its_own_folder(save_neox_model, shards):
+    """A loaded model's weights may be views of the memory-mapped file: editing them in place must
+    not touch the file, and saving back into the same folder must not corrupt what is read."""
+    folder, original = save_neox_model(max_shard_size=shards)
+    model = GPTNeoXForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.embed_out.weight.add_(1.0)
+    same_weights(original, GPTNeoXForCausalLM.from_pretrained(folder))  # the file is unchanged
+    model.save_pretrained(folder, max_shard_size=shards)
+    again = GPTNeoXForCausalLM.from_pretrained(folder)
+    same_weights(model, again)
+    assert torch.equal(again.embed_out.weight, original.embed_out.weight + 1.0)
+
+
 def test_failed_save_leaves_previous_checkpoint(save_neox_model, monkeypatch):
     """A save that fails on its 2nd shard leaves the previous checkpoint loadable, unchanged."""
     folder, old = save_neox_model(max_shard_size="20KB")
