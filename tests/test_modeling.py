@@ -18,7 +18,6 @@ Deliberate differences from transformers 5.24, which the tests account for:
 
 from __future__ import annotations
 
-import math
 import pickle
 
 import pytest
