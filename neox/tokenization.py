@@ -35,6 +35,9 @@ Deliberate differences from transformers 5.24:
   id, as in transformers).
 * Missing tokenizer files are an ``OSError`` naming the folder or repo and the files looked for; a
   corrupt tokenizer.json / tokenizer_config.json / vocabulary is a ``ValueError`` naming the file.
+  A truncation the backend cannot do (``only_first`` shorter than the second sequence) is a
+  ``ValueError`` naming the strategy and length (transformers raises the backend's bare
+  ``Exception``).
 
 Not implemented: chat templates (a ``chat_template`` in tokenizer_config.json is kept and saved
 back, but there is no ``apply_chat_template``), ``push_to_hub``, ``train_new_from_iterator``,
@@ -77,6 +80,8 @@ SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token",
 _PADDING = ("longest", "max_length", "do_not_pad")
 _TRUNCATION = ("longest_first", "only_first", "only_second", "do_not_truncate")
 _SIDES = ("left", "right")
+#: tokenizer_class values of tokenizer_config.json that this class loads without a warning.
+_COMPATIBLE_CLASSES = ("GPTNeoXTokenizer", "GPTNeoXTokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend")
 
 TextInput = str
 PreTokenizedInput = list[str]
@@ -613,7 +618,7 @@ class GPTNeoXTokenizerFast:
             if isinstance(token, str):
                 tokens_to_add[i] = AddedToken(token, special=True)
             elif not token.special and str(token) in named_strings:
-                token.special = True
+                tokens_to_add[i] = AddedToken(**{**token.__getstate__(), "special": True})
         if tokens_to_add:
             self._tokenizer.add_tokens(tokens_to_add)
         self._tokenizer.encode_special_tokens = self.split_special_tokens
@@ -662,6 +667,9 @@ class GPTNeoXTokenizerFast:
             config = _read_json(files["tokenizer_config_file"], "tokenizer config")
             if not isinstance(config, dict):
                 raise ValueError(f"The tokenizer config {str(files['tokenizer_config_file'])!r} is not a JSON object")
+        saved_class = config.get("tokenizer_class")
+        if saved_class not in (None, *_COMPATIBLE_CLASSES):
+            logger.warning("%s was saved as a %s; loading it as %s", source, saved_class, cls.__name__)
         init = cls._init_kwargs_from_files(config, files, kwargs)
         init.update(name_or_path=source)
 
@@ -688,11 +696,12 @@ class GPTNeoXTokenizerFast:
             files["merges_file"] = resolve_file(source, MERGES_FILE, options)
             files["added_tokens_file"] = resolve_file(source, ADDED_TOKENS_FILE, options)
             if files["vocab_file"] is None or files["merges_file"] is None:
-                where = (
-                    f"the folder {str(Path(source).expanduser() / options.subfolder)!r}"
-                    if Path(source).expanduser().is_dir()
-                    else f"the Hub repo {source!r}" + (" (offline: the local cache only)" if options.local_files_only or _offline() else "")
-                )
+                if Path(source).expanduser().is_dir():
+                    where = f"the folder {str(Path(source).expanduser() / options.subfolder)!r}"
+                else:
+                    offline = options.local_files_only or _offline()
+                    offline = "; offline, so the Hugging Face cache only" if offline else ""
+                    where = f"the Hub repo {source!r} (it is not a local folder{offline})"
                 found = [n for n, key in ((VOCAB_FILE, "vocab_file"), (MERGES_FILE, "merges_file")) if files[key]]
                 raise OSError(
                     f"No tokenizer files in {where}: looked for {TOKENIZER_FILE!r}, or {VOCAB_FILE!r} with "
@@ -901,7 +910,9 @@ class GPTNeoXTokenizerFast:
         for key, value in special_tokens_dict.items():
             if key == "extra_special_tokens":
                 if not isinstance(value, (list, tuple)):
-                    raise TypeError(f"extra_special_tokens must be a list of str or AddedToken, not {type(value).__name__}")
+                    raise TypeError(
+                        f"extra_special_tokens must be a list of str or AddedToken, not {type(value).__name__}"
+                    )
                 new = []
                 for token in value:
                     self._check_token_type(key, token)
@@ -996,7 +1007,9 @@ class GPTNeoXTokenizerFast:
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._tokenizer.num_special_tokens_to_add(pair)
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         """``token_ids_0`` (and ``token_ids_1``) wrapped in bos/eos as the post-processor does."""
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []
@@ -1266,7 +1279,7 @@ class GPTNeoXTokenizerFast:
             _check_text(text_pair, "text_pair")
         if padding_side is not None and padding_side not in _SIDES:
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-        _tensor_kind(return_tensors)
+        _tensor_kind(return_tensors)  # an unsupported kind fails before any work
 
         if is_split_into_words:
             batched = isinstance(text, (list, tuple)) and bool(text) and isinstance(text[0], (list, tuple))
@@ -1446,7 +1459,9 @@ class GPTNeoXTokenizerFast:
         if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and isinstance(encoded_inputs[0], Mapping):
             encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0].keys()}
         if not isinstance(encoded_inputs, Mapping):
-            raise TypeError(f"pad() takes a dict or a list of dicts of encoded inputs, not {type(encoded_inputs).__name__}")
+            raise TypeError(
+                f"pad() takes a dict or a list of dicts of encoded inputs, not {type(encoded_inputs).__name__}"
+            )
         main = self.model_input_names[0]
         if main not in encoded_inputs:
             raise ValueError(f"pad() needs {main!r} in the inputs; got keys {list(encoded_inputs.keys())}")
@@ -1469,9 +1484,10 @@ class GPTNeoXTokenizerFast:
         inputs = {key: _to_py(value) for key, value in encoded_inputs.items()}
 
         strategy, _, max_length = self._strategies(padding, False, max_length, None, verbose)
+        return_mask = return_attention_mask
         required = inputs[main]
         if not isinstance(required[0], (list, tuple)):
-            padded = self._pad_one(inputs, max_length, strategy, pad_to_multiple_of, padding_side, return_attention_mask)
+            padded = self._pad_one(inputs, max_length, strategy, pad_to_multiple_of, padding_side, return_mask)
             return BatchEncoding(padded, tensor_type=return_tensors)
 
         size = len(required)
@@ -1482,7 +1498,7 @@ class GPTNeoXTokenizerFast:
         batch: dict[str, list[Any]] = {}
         for i in range(size):
             example = {key: value[i] for key, value in inputs.items()}
-            padded = self._pad_one(example, max_length, strategy, pad_to_multiple_of, padding_side, return_attention_mask)
+            padded = self._pad_one(example, max_length, strategy, pad_to_multiple_of, padding_side, return_mask)
             for key, value in padded.items():
                 batch.setdefault(key, []).append(value)
         return BatchEncoding(batch, tensor_type=return_tensors)
@@ -1563,8 +1579,9 @@ class GPTNeoXTokenizerFast:
         return result
 
     def _clean_up(self, text: str, clean_up_tokenization_spaces: bool | None) -> str:
-        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
-        if not clean:
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if not clean_up_tokenization_spaces:
             return text
         if not self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output:
             self._warn_once(

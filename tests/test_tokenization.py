@@ -197,6 +197,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def assert_same_call(ours: Any, theirs: Any, *args: Any, **kwargs: Any) -> None:
+    """Both tokenizers called with the same arguments give the same encoding."""
+    assert_same_encoding(ours(*args, **kwargs), theirs(*args, **kwargs))
+
+
 def assert_same_encoding(ours: Any, theirs: Any) -> None:
     """Same keys, same values, same container kinds (list / tensor / array, dtypes and shapes)."""
     assert isinstance(ours, BatchEncoding)
@@ -266,7 +271,7 @@ def test_corpus_matches_transformers(pair, index):
     ours, theirs = pair
     text = CORPUS[index]
     for kwargs in ({}, {"return_offsets_mapping": True, "return_special_tokens_mask": True}):
-        assert_same_encoding(ours(text, **kwargs), theirs(text, **kwargs))
+        assert_same_call(ours, theirs, text, **kwargs)
     assert ours.tokenize(text) == theirs.tokenize(text)
     assert ours.encode(text) == theirs.encode(text)
     assert ours(text).tokens() == theirs(text).tokens()
@@ -293,12 +298,36 @@ def theirs_tokens_of_indented_code() -> list[str]:
 @needs_real
 def test_long_input(pair):
     ours, theirs = pair
-    assert_same_encoding(ours(LONG_TEXT), theirs(LONG_TEXT))
+    assert_same_call(ours, theirs, LONG_TEXT)
     ids = ours(LONG_TEXT)["input_ids"]
     assert len(ids) > 5_000
-    assert ours.decode(ids) == theirs.decode(ids) == LONG_TEXT.replace("e\u0301", "é").replace("A\u030a", "Å").replace(
-        "n\u0303", "ñ"
-    )
+    composed = LONG_TEXT.replace("e\u0301", "é").replace("A\u030a", "Å").replace("n\u0303", "ñ")  # NFC
+    assert ours.decode(ids) == theirs.decode(ids) == composed
+
+
+def _random_texts(n: int, seed: int = 0) -> list[str]:
+    """Strings drawn from pieces that stress byte-level BPE: runs of spaces, tabs, newlines, marks."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = [
+        " ", "  ", "    ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "a", "the", "The", "ing", "'s", "'ll", "123",
+        "4.5", "def", "(", ")", "{", "}", "==", "->", "#", "é", "e\u0301", "ﬁ", "Ａ", "日本", "語", "🙂", "👨‍👩‍👧",
+        "\u0301", "\u200d", "<|endoftext|>", "<|padding|>", "<|", "|>", "endoftext", "\x00", "\ufffd", "\U0001f600",
+    ]
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+@needs_real
+def test_random_texts_match_transformers(pair):
+    ours, theirs = pair
+    texts = _random_texts(300)
+    kw = dict(return_offsets_mapping=True, return_special_tokens_mask=True)
+    assert_same_call(ours, theirs, texts, **kw)
+    ids = theirs(texts)["input_ids"]
+    assert ours.batch_decode(ids) == theirs.batch_decode(ids)
+    assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
+    assert [ours.tokenize(t) for t in texts] == [theirs.tokenize(t) for t in texts]
 
 
 CALL_KWARGS = [
@@ -325,8 +354,8 @@ CALL_KWARGS = [
 @pytest.mark.parametrize("kwargs", CALL_KWARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "plain")
 def test_batch_options_match_transformers(pair, kwargs):
     ours, theirs = pair
-    assert_same_encoding(ours(BATCH, **kwargs), theirs(BATCH, **kwargs))
-    assert_same_encoding(ours(BATCH[2], **kwargs), theirs(BATCH[2], **kwargs))
+    assert_same_call(ours, theirs, BATCH, **kwargs)
+    assert_same_call(ours, theirs, BATCH[2], **kwargs)
 
 
 @needs_real
@@ -344,10 +373,10 @@ def test_pairs_match_transformers(pair, kwargs):
     ours, theirs = pair
     first = ["What is the answer?", "Short", "def g():\n        pass"]
     second = ["It is forty-two, of course.", "An answer that is much longer than the question", "🙂"]
-    assert_same_encoding(ours(first, second, **kwargs), theirs(first, second, **kwargs))
+    assert_same_call(ours, theirs, first, second, **kwargs)
     as_pairs = list(zip(first, second))
-    assert_same_encoding(ours(as_pairs, **kwargs), theirs(as_pairs, **kwargs))
-    assert_same_encoding(ours(first[0], second[0], **kwargs), theirs(first[0], second[0], **kwargs))
+    assert_same_call(ours, theirs, as_pairs, **kwargs)
+    assert_same_call(ours, theirs, first[0], second[0], **kwargs)
     assert ours(first[0], second[0]).sequence_ids() == theirs(first[0], second[0]).sequence_ids()
     assert ours.tokenize(first[0], second[0]) == theirs.tokenize(first[0], second[0])
     with pytest.raises(ValueError, match="only_first.*max_length=3.*too short"):
@@ -359,22 +388,22 @@ def test_truncation_side_left_and_model_max_length(fresh):
     ours, theirs = fresh(model_max_length=64, truncation_side="left")
     for tok in (ours, theirs):
         assert tok.model_max_length == 64 and tok.truncation_side == "left"
-    assert_same_encoding(ours(LONG_TEXT, truncation=True), theirs(LONG_TEXT, truncation=True))
+    assert_same_call(ours, theirs, LONG_TEXT, truncation=True)
     assert len(ours(LONG_TEXT, truncation=True)["input_ids"]) == 64
     assert_same_encoding(
         ours(BATCH, padding="max_length", truncation=True, return_tensors="pt"),
         theirs(BATCH, padding="max_length", truncation=True, return_tensors="pt"),
     )
     ours.truncation_side = theirs.truncation_side = "right"
-    assert_same_encoding(ours(LONG_TEXT, max_length=10), theirs(LONG_TEXT, max_length=10))
+    assert_same_call(ours, theirs, LONG_TEXT, max_length=10)
 
 
 @needs_real
 def test_text_target_gives_labels(pair):
     ours, theirs = pair
     kwargs = dict(text_target=["a label", "another, longer label"], padding=True, return_tensors="pt")
-    assert_same_encoding(ours(["in one", "in two"], **kwargs), theirs(["in one", "in two"], **kwargs))
-    assert_same_encoding(ours(text_target="only target"), theirs(text_target="only target"))
+    assert_same_call(ours, theirs, ["in one", "in two"], **kwargs)
+    assert_same_call(ours, theirs, text_target="only target")
 
 
 @needs_real
@@ -383,7 +412,7 @@ def test_add_bos_and_eos_tokens(fresh):
     assert ours.add_bos_token and ours.add_eos_token
     for args in ((BATCH,), (BATCH[:3], BATCH[3:]), ("single",)):
         kw = dict(padding=True, return_special_tokens_mask=True, return_offsets_mapping=True)
-        assert_same_encoding(ours(*args, **kw), theirs(*args, **kw))
+        assert_same_call(ours, theirs, *args, **kw)
     assert ours(["x"], add_special_tokens=False)["input_ids"] == theirs(["x"], add_special_tokens=False)["input_ids"]
     assert ours.num_special_tokens_to_add() == theirs.num_special_tokens_to_add() == 2
     assert ours.num_special_tokens_to_add(pair=True) == theirs.num_special_tokens_to_add(pair=True) == 4
@@ -404,11 +433,11 @@ def test_add_prefix_space_and_pretokenized_input(fresh, add_prefix_space):
     assert ours.add_prefix_space == add_prefix_space
     words = [["Hello", "world", "!"], ["naïve", "  spaced", "日本"], []]
     kw = dict(is_split_into_words=True, padding=True, return_offsets_mapping=True)
-    assert_same_encoding(ours(words, **kw), theirs(words, **kw))
-    assert_same_encoding(ours(words[0], is_split_into_words=True), theirs(words[0], is_split_into_words=True))
+    assert_same_call(ours, theirs, words, **kw)
+    assert_same_call(ours, theirs, words[0], is_split_into_words=True)
     assert ours(words[0], is_split_into_words=True).word_ids() == theirs(words[0], is_split_into_words=True).word_ids()
     for text in CORPUS[:8]:
-        assert_same_encoding(ours(text), theirs(text))
+        assert_same_call(ours, theirs, text)
     if add_prefix_space:
         assert ours("Hello")["input_ids"] == ours(" Hello")["input_ids"]
 
@@ -417,7 +446,7 @@ def test_add_prefix_space_and_pretokenized_input(fresh, add_prefix_space):
 def test_split_special_tokens_setting(fresh):
     ours, theirs = fresh(split_special_tokens=True)
     text = "a<|endoftext|>b<|padding|>"
-    assert_same_encoding(ours(text), theirs(text))
+    assert_same_call(ours, theirs, text)
     assert 0 not in ours(text)["input_ids"]
     assert ours(text, split_special_tokens=False)["input_ids"] == theirs(text, split_special_tokens=False)["input_ids"]
 
@@ -436,8 +465,8 @@ def test_pad_token_eos_idiom(fresh):
     assert ours.special_tokens_map == theirs.special_tokens_map
     assert ours.all_special_ids == theirs.all_special_ids
     kw = dict(padding=True, return_tensors="pt")
-    assert_same_encoding(ours(BATCH, **kw), theirs(BATCH, **kw))
-    assert_same_encoding(ours(BATCH, padding_side="left", **kw), theirs(BATCH, padding_side="left", **kw))
+    assert_same_call(ours, theirs, BATCH, **kw)
+    assert_same_call(ours, theirs, BATCH, padding_side="left", **kw)
     ids = ours(BATCH, **kw)["input_ids"]
     assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(ids, skip_special_tokens=True)
     # the id setter, and None
@@ -465,7 +494,7 @@ def test_add_special_tokens_and_add_tokens(fresh):
     assert ours.added_tokens_decoder == theirs.added_tokens_decoder
     assert ours.get_vocab() == theirs.get_vocab()
     text = "call <tool>foo_bar <x>  </tool> done"
-    assert_same_encoding(ours(text, return_offsets_mapping=True), theirs(text, return_offsets_mapping=True))
+    assert_same_call(ours, theirs, text, return_offsets_mapping=True)
     ids = ours(text)["input_ids"]
     for skip in (False, True):
         assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
@@ -523,7 +552,8 @@ def test_forced_clean_up_matches_transformers(fresh):
     ours, theirs = fresh(**kw)
     ids = theirs("Hello , world . I 'm here ! they 're")["input_ids"]
     assert ours.decode(ids) == theirs.decode(ids) == "Hello, world. I'm here! they're"
-    assert ours.decode(ids, clean_up_tokenization_spaces=False) == theirs.decode(ids, clean_up_tokenization_spaces=False)
+    kept = dict(clean_up_tokenization_spaces=False)
+    assert ours.decode(ids, **kept) == theirs.decode(ids, **kept)
 
 
 @needs_real
@@ -573,7 +603,8 @@ def test_save_pretrained_writes_what_transformers_writes(variant_dirs, variant, 
     theirs.save_pretrained(tmp_path / "theirs")
     for name in ("tokenizer_config.json", "tokenizer.json"):
         assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == sorted(p.name for p in (tmp_path / "theirs").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
 
 
 @needs_real
@@ -604,9 +635,10 @@ def test_save_after_edits_reloads_identically(fresh, hf_module, tmp_path):
     ours.save_pretrained(tmp_path / "ours")
     config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
     assert config["pad_token"] == "[PAD]" and config["model_max_length"] == 2048 and config["padding_side"] == "left"
-    for tok in (GPTNeoXTokenizerFast.from_pretrained(tmp_path / "ours"), hf_module.GPTNeoXTokenizerFast.from_pretrained(tmp_path / "ours")):
+    for load in (GPTNeoXTokenizerFast.from_pretrained, hf_module.GPTNeoXTokenizerFast.from_pretrained):
+        tok = load(tmp_path / "ours")
         assert tok.padding_side == "left" and tok.model_max_length == 2048
-        assert_same_encoding(ours(BATCH + ["<code>"], padding=True, return_tensors="pt"), tok(BATCH + ["<code>"], padding=True, return_tensors="pt"))
+        assert_same_call(ours, tok, BATCH + ["<code>"], padding=True, return_tensors="pt")
 
 
 @needs_real
@@ -647,11 +679,12 @@ def test_tokenizer_config_and_special_tokens_map(variant_dirs, variant, hf_modul
     ours = GPTNeoXTokenizerFast.from_pretrained(folder)
     theirs = hf_module.GPTNeoXTokenizerFast.from_pretrained(folder)
     assert (ours.model_max_length, ours.padding_side, ours.clean_up_tokenization_spaces) == (2048, "left", True)
-    for attr in ("model_max_length", "padding_side", "clean_up_tokenization_spaces", "special_tokens_map", "pad_token_id"):
+    for attr in ("model_max_length", "padding_side", "clean_up_tokenization_spaces", "special_tokens_map"):
         assert getattr(ours, attr) == getattr(theirs, attr), attr
-    assert_same_encoding(ours(BATCH, padding=True, return_tensors="pt"), theirs(BATCH, padding=True, return_tensors="pt"))
-    assert_same_encoding(ours(LONG_TEXT, truncation=True), theirs(LONG_TEXT, truncation=True))
-    assert_same_encoding(ours(BATCH, padding="max_length"), theirs(BATCH, padding="max_length"))
+    assert ours.pad_token_id == theirs.pad_token_id
+    assert_same_call(ours, theirs, BATCH, padding=True, return_tensors="pt")
+    assert_same_call(ours, theirs, LONG_TEXT, truncation=True)
+    assert_same_call(ours, theirs, BATCH, padding="max_length")
     ours.save_pretrained(tmp_path / "ours")
     theirs.save_pretrained(tmp_path / "theirs")
     assert json.loads((tmp_path / "ours/tokenizer_config.json").read_text()) == json.loads(
@@ -672,7 +705,7 @@ def test_config_with_null_pad_token_and_added_tokens_decoder(variant_dirs, varia
                 "add_bos_token": False,
                 "add_eos_token": False,
                 "added_tokens_decoder": decoder,
-                "bos_token": {"__type": "AddedToken", "content": "<|endoftext|>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True},
+                "bos_token": {"__type": "AddedToken", **AddedToken("<|endoftext|>", special=True).__getstate__()},
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
                 "pad_token": None,
@@ -685,7 +718,7 @@ def test_config_with_null_pad_token_and_added_tokens_decoder(variant_dirs, varia
     theirs = hf_module.GPTNeoXTokenizerFast.from_pretrained(folder)
     assert ours.pad_token is None and theirs.pad_token is None
     assert len(ours) == len(theirs) and ours.added_tokens_decoder == theirs.added_tokens_decoder
-    assert_same_encoding(ours(CORPUS), theirs(CORPUS))
+    assert_same_call(ours, theirs, CORPUS)
     with pytest.raises(ValueError, match="no padding token"):
         ours(BATCH, padding=True)
 
@@ -707,7 +740,7 @@ def test_constructors_from_files(variant_dirs, variant, hf_module):
     theirs = hf_module.GPTNeoXTokenizerFast(tokenizer_file=str(path))
     for ours in (GPTNeoXTokenizerFast(tokenizer_file=path), GPTNeoXTokenizerFast.from_pretrained(path)):
         assert len(ours) == len(theirs) and ours.pad_token_id == theirs.pad_token_id
-        assert_same_encoding(ours(CORPUS, padding=True), theirs(CORPUS, padding=True))
+        assert_same_call(ours, theirs, CORPUS, padding=True)
     ours = GPTNeoXTokenizerFast(tokenizer_file=path)
     assert ours._config_to_save() == json.loads(json.dumps(_hf_config(theirs, hf_module)))
 
@@ -753,7 +786,7 @@ def test_repo_id_from_an_offline_hub_cache(variant_dirs, hf_module, tmp_path, mo
         "EleutherAI/gpt-neox-20b", cache_dir=cache, local_files_only=True
     )
     for tok in (ours, by_revision, from_env):
-        assert_same_encoding(tok(CORPUS, padding=True, return_tensors="pt"), theirs(CORPUS, padding=True, return_tensors="pt"))
+        assert_same_call(tok, theirs, CORPUS, padding=True, return_tensors="pt")
     with pytest.raises(OSError, match="org/missing"):
         GPTNeoXTokenizerFast.from_pretrained("org/missing", cache_dir=cache)
 
@@ -768,7 +801,7 @@ def test_small_tokenizer_json(small_dir, hf_module):
     theirs = hf_module.GPTNeoXTokenizerFast.from_pretrained(small_dir)
     assert ours.pad_token_id == theirs.pad_token_id == 1 and len(ours) == len(theirs)
     texts = ["Hello world,  this    is tiny", "naïve café ﬁ", "def f(x):\n    return x", "never seen: Ωμέγα"]
-    assert_same_encoding(ours(texts, padding=True, return_offsets_mapping=True), theirs(texts, padding=True, return_offsets_mapping=True))
+    assert_same_call(ours, theirs, texts, padding=True, return_offsets_mapping=True)
 
 
 def test_vocab_and_merges_fallback(small_dir, hf_module, tmp_path):
@@ -781,20 +814,20 @@ def test_vocab_and_merges_fallback(small_dir, hf_module, tmp_path):
     theirs = hf_module.GPTNeoXTokenizerFast.from_pretrained(folder)
     texts = ["Hello world,  this    is tiny", "naïve café", "<|endoftext|>x"]
     assert len(ours) == len(theirs) and ours.added_tokens_decoder == theirs.added_tokens_decoder
-    assert_same_encoding(ours(texts, padding=True), theirs(texts, padding=True))
+    assert_same_call(ours, theirs, texts, padding=True)
     direct = GPTNeoXTokenizerFast(vocab_file=folder / "vocab.json", merges_file=folder / "merges.txt")
-    assert_same_encoding(direct(texts, padding=True), theirs(texts, padding=True))
+    assert_same_call(direct, theirs, texts, padding=True)
     vocab = json.loads((folder / "vocab.json").read_text())
     merges = [line for line in (folder / "merges.txt").read_text().splitlines() if line and not line.startswith("#")]
     in_memory = GPTNeoXTokenizerFast(vocab=vocab, merges=merges)
-    assert_same_encoding(in_memory(texts, padding=True), theirs(texts, padding=True))
+    assert_same_call(in_memory, theirs, texts, padding=True)
     # legacy added_tokens.json + special_tokens_map.json
     (folder / "added_tokens.json").write_text(json.dumps({"<sep>": len(vocab)}))
     (folder / "special_tokens_map.json").write_text(json.dumps({"sep_token": "<sep>", "pad_token": "<|padding|>"}))
     ours = GPTNeoXTokenizerFast.from_pretrained(folder)
     theirs = hf_module.GPTNeoXTokenizerFast.from_pretrained(folder)
     assert ours.sep_token == theirs.sep_token == "<sep>" and ours.sep_token_id == theirs.sep_token_id
-    assert_same_encoding(ours(["a<sep>b"] + texts, padding=True), theirs(["a<sep>b"] + texts, padding=True))
+    assert_same_call(ours, theirs, ["a<sep>b"] + texts, padding=True)
 
 
 def test_release_style_small_file_gets_a_new_pad_token(tmp_path, hf_module):
