@@ -830,6 +830,20 @@ def test_vocab_and_merges_fallback(small_dir, hf_module, tmp_path):
     assert_same_call(ours, theirs, ["a<sep>b"] + texts, padding=True)
 
 
+def test_subfolder_and_save_vocabulary(small_dir, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(small_dir, repo / "tokenizer")
+    tok = GPTNeoXTokenizerFast.from_pretrained(repo, subfolder="tokenizer")
+    texts = ["Hello world,  this    is tiny", "naïve café"]
+    assert tok(texts).data == GPTNeoXTokenizerFast.from_pretrained(small_dir)(texts).data
+    with pytest.raises(OSError, match="repo"):
+        GPTNeoXTokenizerFast.from_pretrained(repo)
+    files = tok.save_vocabulary(tmp_path / "vocab")  # the BPE model only, without the added tokens
+    assert sorted(Path(f).name for f in files) == ["merges.txt", "vocab.json"]
+    plain = ["Hello world, this is tiny", "naïve café"]
+    assert GPTNeoXTokenizerFast.from_pretrained(tmp_path / "vocab")(plain).data == tok(plain).data
+
+
 def test_release_style_small_file_gets_a_new_pad_token(tmp_path, hf_module):
     folder = _train_small_tokenizer(tmp_path / "nopad", pad=False)
     ours = GPTNeoXTokenizerFast.from_pretrained(folder)
