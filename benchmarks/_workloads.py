@@ -161,9 +161,13 @@ def import_library(library: str) -> Any:
     return GPTNeoXForCausalLM
 
 
-def load_model(cls: Any, ckpt: str, dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
+def load_model(cls: Any, ckpt: str, dtype: str, device: str) -> tuple[Any, str]:
+    import importlib.util
+
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "output_loading_info": True}
-    if device != "cpu":
+    # transformers needs the accelerate package for device_map; without it, load on the CPU and move.
+    is_transformers = cls.__module__.startswith("transformers")
+    if device != "cpu" and (not is_transformers or importlib.util.find_spec("accelerate") is not None):
         kwargs["device_map"] = device
     model, info = cls.from_pretrained(ckpt, **kwargs)
     info = dict(info) if info is not None else {}
@@ -173,9 +177,21 @@ def load_model(cls: Any, ckpt: str, dtype: str, device: str) -> tuple[Any, dict[
         raise RuntimeError(f"the checkpoint did not load cleanly: {json.dumps(problems)[:2000]}")
     import torch
 
+    how = "device_map" if "device_map" in kwargs else "from_pretrained"
     if model.device.type != torch.device(device).type:
         model = model.to(device)
-    return model.eval(), problems
+        how += " then .to()"
+    return model.eval(), how
+
+
+def touch_weights(model: Any) -> None:
+    """Read one value per 4 KiB page of every parameter and buffer (pages in mmap-backed weights)."""
+    import torch
+
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            flat = t.detach().reshape(-1)
+            flat[:: max(1, 4096 // t.element_size())].sum()
 
 
 # ============================================================================ phases
@@ -424,11 +440,19 @@ def run_worker(args: Any) -> dict[str, Any]:
     reset_peak_rss()
     _cuda_peak_reset(args.device)
     with CpuMeter() as cpu:
-        model, _ = load_model(cls, args.ckpt, args.dtype, args.device)
+        model, how = load_model(cls, args.ckpt, args.dtype, args.device)
+    peak_returned = peak_rss_mb() - rss_import
+    # Both libraries may hand back weights that are views of the memory-mapped file, read from
+    # disk only when first used; touch every page so the load numbers include that work.
+    with CpuMeter() as touch_cpu:
+        touch_weights(model)
+        Timer(args.device).sync()
     result["load"] = {
-        "seconds": cpu.wall, "cpu": cpu.as_dict(),
-        "peak_rss_mb": peak_rss_mb(), "rss_after_mb": rss_mb(),
+        "seconds": cpu.wall, "cpu": cpu.as_dict(), "how": how,
+        "touch_seconds": touch_cpu.wall, "touch_cpu": touch_cpu.as_dict(),
+        "peak_when_returned_mb": peak_returned,
         "peak_over_import_mb": peak_rss_mb() - rss_import,
+        "peak_rss_mb": peak_rss_mb(), "rss_after_mb": rss_mb(),
         "peak_gpu_mb": _cuda_peak_mb(args.device),
     }
     result["import"] = {"seconds": imp_cpu.wall, "cpu": imp_cpu.as_dict(), "rss_start_mb": rss_start,

@@ -259,6 +259,8 @@ def summarize(preset: str, cfg: dict[str, Any], build: dict[str, Any], samples: 
             ld = s["load"]
             b = _busy(ld["cpu"], thr)
             add(impl, "load.seconds", ld["seconds"], b)
+            add(impl, "load.touch_seconds", ld["touch_seconds"], b or _busy(ld.get("touch_cpu"), thr))
+            add(impl, "load.peak_when_returned_mb", ld["peak_when_returned_mb"], b)
             add(impl, "load.peak_over_import_mb", ld["peak_over_import_mb"], b)
             add(impl, "load.peak_gpu_mb", ld.get("peak_gpu_mb"), b)
             add(impl, "import.seconds", s["import"]["seconds"], _busy(s["import"].get("cpu"), thr))
@@ -438,7 +440,9 @@ def table_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     row("import s (not in load s)", "import.seconds", "s", False, None)
     row("RSS after import MB", "import.rss_mb", "mb", False, None)
     row("load s (from_pretrained)", "load.seconds", "s", False, 1.0)
-    row("load peak RSS MB", "load.peak_over_import_mb", "mb", False, None)
+    row("  then reading every weight s", "load.touch_seconds", "s", False, None)
+    row("load peak RSS MB, at return", "load.peak_when_returned_mb", "mb", False, None)
+    row("load peak RSS MB, weights read", "load.peak_over_import_mb", "mb", False, None)
     row("  ÷ weight bytes", "load.peak_over_import_mb", "x", False, None, 1 / weight_mb, abs_target=(1.15, "≤1.15"))
     if cuda:
         row("load peak GPU MB", "load.peak_gpu_mb", "mb", False, None)
@@ -497,7 +501,7 @@ def render(reports: list[dict[str, Any]]) -> str:
             if phase in mismatch and row["kind"] == "tok":
                 target = (target + "  " if target else "") + "TOKENS MISMATCH"
             lines.append(([r["preset"]] if multi else []) + [row["label"]] + cells + ratios + [target])
-        if multi:
+        if multi and r is not reports[-1]:
             lines.append([""] * len(header))
         # Notes for this preset.
         s, roof, sz = r["settings"], r["roofline"], r["sizes"]
@@ -520,6 +524,11 @@ def render(reports: list[dict[str, Any]]) -> str:
             if "manual-loop" in kinds:
                 notes.append(f"  {impl} decode used a MANUAL greedy loop over forward() + KVCache "
                              "(neox.generation.generate was not available), not generate().")
+        moved = sorted({f"{x['impl']} ({x['load']['how']})" for x in r["samples"]
+                        if "load" in x and x["load"].get("how", "").endswith(".to()")})
+        if moved:
+            notes.append("  loaded on the CPU and then moved (transformers' device_map needs the accelerate "
+                         "package, not installed): " + ", ".join(moved) + "; load s includes the move.")
         for c in r["checks"]:
             notes.append(("  ✓ " if c["ok"] else "  ✗ ") + c["text"])
         nb = len(r["busy"])
