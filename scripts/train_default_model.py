@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unigram {unigram:.4f} nats/token")
 
         record = {
-            "command": "python scripts/train_default_model.py " + " ".join(_explicit_args(argv)),
+            "command": " ".join(["python scripts/train_default_model.py", *_explicit_args(argv)]),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
             "corpus": {
                 "source": "Python standard library .py files (PSF-2.0 license)",
@@ -423,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         files_now = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         log("files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in files_now.items())
             + f"; total {sum(files_now.values()) / 1e6:.2f} MB")
+        # mkdtemp and the atomic writes create private files; a package folder is world-readable.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
