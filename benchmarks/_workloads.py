@@ -23,6 +23,8 @@ RESULT_PREFIX = "BENCH_RESULT "
 IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "neox": ("neox", {}),
     "neox-static": ("neox", {"cache_implementation": "static"}),
+    # The static step compiled on any device (a compile_config asks for it; on CUDA static alone does).
+    "neox-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
     "transformers": ("transformers", {}),
     "transformers-static": ("transformers", {"cache_implementation": "static"}),
 }

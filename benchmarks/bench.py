@@ -33,7 +33,8 @@ import _workloads  # noqa: E402
 
 DEFAULT_IMPLS = "neox,transformers,transformers-static"
 DEFAULT_PHASES = "decode-b1,decode-b8,prefill,train"
-SHORT = {"neox": "neox", "neox-static": "neox-st", "transformers": "tf", "transformers-static": "tf-st"}
+SHORT = {"neox": "neox", "neox-static": "neox-st", "neox-compiled": "neox-c", "transformers": "tf",
+         "transformers-static": "tf-st"}
 # Targets from the issue: neox ÷ transformers (default generate) at batch-1 decode, per preset.
 B1_RATIO_TARGET = {"pythia-70m": 1.8, "pythia-160m": 1.4}
 ROOFLINE_TARGET = 0.85

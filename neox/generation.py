@@ -17,8 +17,12 @@ Both call :func:`prefill` once on the prompt, then :func:`decode_step` per new t
 final length, and the head on that position only. The sequence, attention mask and position ids
 live in preallocated buffers; each step passes slice views of them, so nothing is concatenated
 and no per-step Python work grows with the sequence (the repetition penalty, the n-gram ban and
-beam search do read the whole sequence each step, as tensors, as transformers does). ``decode_step`` is the seam to wrap with
-``torch.compile`` locally.
+beam search do read the whole sequence each step, as tensors, as transformers does).
+
+``cache_implementation="static"`` swaps ``decode_step`` for a step whose shapes never change (the
+cache slot is a tensor, attention spans the whole preallocated cache), compiled with
+``torch.compile`` automatically on CUDA (CUDA graphs: ``mode="reduce-overhead"``) and on any device
+when a ``compile_config`` is given — see "static-shape decoding" below.
 
 Logits processors are plain functions ``(input_ids, scores) -> scores`` built once per call and
 applied in transformers' order (penalties and constraints, then the user's processors, then the
@@ -43,6 +47,7 @@ import sys
 import time
 import unicodedata
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -141,8 +146,9 @@ _UNIMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "speculation_type": (None,),
 }
 
-# transformers settings that never change the tokens here (cache layout, compilation, assistant
-# tuning, encoder-decoder only): accepted and ignored.
+# transformers settings that never change the tokens (cache layout, compilation, assistant tuning,
+# encoder-decoder only). cache_implementation ("static"), compile_config and disable_compile select
+# the static-shape, optionally compiled decode step (see _static_plan); the rest are ignored.
 _IGNORED = {
     "cache_implementation", "cache_config", "max_cache_len", "compile_config", "disable_compile",
     "prefill_chunk_size", "continuous_batching_config", "decoder_start_token_id", "is_assistant",
@@ -976,6 +982,154 @@ def decode_step(
     return model.embed_out(out.last_hidden_state[:, -1]).float(), out
 
 
+# ============================================================================== static-shape decoding
+#
+# generate(..., cache_implementation="static") decodes through one step function whose tensor
+# shapes never change: the cache is preallocated to a capacity rounded up to _STATIC_CAPACITY_STEP,
+# each step writes its key/value at a cache slot given as a tensor (``core(..., cache_position=)``)
+# and attends over the whole capacity with the unfilled slots masked. That is what torch.compile
+# (no recompilation from step to step) and CUDA graphs (fixed addresses) need. As in transformers,
+# the step is compiled automatically on CUDA, and on any device when a ``compile_config`` is
+# given; ``disable_compile=True`` keeps it eager. A compiled step keeps its cache between calls
+# of the same shape (its addresses are baked into the CUDA graph): the cache a static call returns
+# is reused, and overwritten, by the next static call with the same batch and capacity.
+
+_STATIC_CAPACITY_STEP = 256
+
+# model -> {"cache": KVCache, "steps": {compile options: compiled function}}; no state on the model.
+_STATIC_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _static_step(model: Any, input_ids: Any, attention_mask: Any, position_ids: Any, cache: Any,
+                 cache_position: Any) -> Any:
+    """The function that is compiled: one position per row → (N, V) fp32 logits."""
+    out = model.gpt_neox.core(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                              cache_position=cache_position)
+    return model.embed_out(out.last_hidden_state[:, -1]).float()
+
+
+class _StaticDecode:
+    """The static-shape decode step of one generate() call (see above)."""
+
+    def __init__(self, cache: Any, step: Callable, compiled: bool, describe: str) -> None:
+        torch = _torch()
+        self.cache = cache
+        self.step = step
+        self.compiled = compiled
+        self.describe = describe
+        self.mask = None  # (N, capacity) bool when the prompt is padded
+        self.slots = torch.arange(cache.capacity, device=cache.keys[0].device)  # cache positions as tensors
+        self.cudagraphs = compiled and cache.keys[0].device.type == "cuda"
+        self._ran = False
+
+    def __call__(self, model: Any, input_ids: Any, position_ids: Any) -> Any:
+        torch = _torch()
+        length = self.cache.length
+        if length >= self.cache.capacity:
+            raise RuntimeError(f"static cache full ({self.cache.capacity} positions)")  # sized up front: a bug
+        # Fresh copies: the buffers' strides depend on the call's lengths (even for a (1, 1) view),
+        # and a step compiled for one stride would recompile for every new max_new_tokens.
+        ids = input_ids.clone(memory_format=torch.contiguous_format)
+        pos = position_ids.clone(memory_format=torch.contiguous_format) if position_ids is not None else None
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            logits = self.step(model, ids, self.mask, pos, self.cache, self.slots[length : length + 1])
+        except Exception as e:
+            if not self.compiled or self._ran:
+                raise
+            raise RuntimeError(
+                f"the compiled decode step failed on its first call ({self.describe}): {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''} — pass disable_compile=True to decode "
+                f"with the static cache uncompiled, or drop cache_implementation='static'"
+            ) from e
+        self._ran = True
+        self.cache.advance(1)
+        # A CUDA graph's output is overwritten by its next replay; processors and output_logits keep it.
+        return logits.clone() if self.cudagraphs else logits
+
+
+def _static_requested(cfg: GenerationConfig) -> bool:
+    impl = cfg.extra.get("cache_implementation")
+    if impl in (None, "dynamic"):
+        return False
+    if impl != "static":
+        logger.warning("cache_implementation=%r is not implemented by neox: decoding with its regular "
+                       "preallocated cache", impl)
+        return False
+    return True
+
+
+def _compile_options(cfg: GenerationConfig, device: Any) -> dict[str, Any] | None:
+    """torch.compile keywords for the static step, or None to run it eagerly."""
+    if cfg.extra.get("disable_compile"):
+        return None
+    given = cfg.extra.get("compile_config")
+    if given is None and device.type != "cuda":
+        return None  # transformers compiles automatically on CUDA only
+    options: dict[str, Any] = {"fullgraph": False, "dynamic": False, "backend": "inductor",
+                               "mode": "reduce-overhead" if device.type == "cuda" else "default", "options": None}
+    if given is not None:
+        data = given if isinstance(given, dict) else {k: getattr(given, k) for k in options if hasattr(given, k)}
+        unknown = set(data) - set(options)
+        if unknown:
+            raise ValueError(f"compile_config: unknown keys {sorted(unknown)}; expected some of {sorted(options)}")
+        options.update(data)
+    if options["options"] is not None:
+        options["mode"] = None  # torch.compile takes mode or options, not both
+    if device.type != "cuda" and options["mode"] == "reduce-overhead":
+        options["mode"] = "default"  # CUDA graphs only exist on CUDA
+    return options
+
+
+def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: Any, past: Any,
+                 use_cache: bool) -> _StaticDecode | None:
+    """The static decode step for this call, or None (with a warning) where it cannot apply."""
+    torch = _torch()
+    why = []
+    if cfg.num_beams > 1:
+        why.append("beam search (the cache is reordered every step)")
+    if past is not None:
+        why.append("a past_key_values to continue")
+    if not use_cache:
+        why.append("use_cache=False")
+    if cfg.output_attentions or cfg.output_hidden_states:
+        why.append("output_attentions/output_hidden_states")
+    if why:
+        logger.warning("cache_implementation='static' does not apply with %s: decoding with the regular cache",
+                       " or ".join(why))
+        return None
+    from .modeling import KVCache
+
+    options = _compile_options(cfg, device)
+    capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
+    dtype = model.embed_out.weight.dtype
+    if options is None:
+        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        return _StaticDecode(cache, _static_step, compiled=False, describe="eager")
+    state = _STATIC_STATE.setdefault(model, {"cache": None, "steps": {}})
+    cache = state["cache"]
+    if (cache is None or cache.batch_size != N or cache.capacity != capacity or cache.keys[0].dtype != dtype
+            or cache.keys[0].device != device):
+        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        if device.type == "cuda":
+            for t in (*cache.keys, *cache.values):
+                torch._dynamo.mark_static_address(t)  # CUDA graphs may then write it in place
+        state["cache"] = cache
+    else:
+        for t in (*cache.keys, *cache.values):
+            t.zero_()
+        cache.length = 0
+    key = json.dumps({k: v if isinstance(v, (str, bool, int, type(None), dict)) else repr(v)
+                      for k, v in options.items()}, sort_keys=True, default=repr)
+    step = state["steps"].get(key)
+    if step is None:
+        step = torch.compile(_static_step, **options)
+        state["steps"][key] = step
+    describe = f"torch.compile backend={options['backend']!r} mode={options['mode']!r} on {device.type}"
+    return _StaticDecode(cache, step, compiled=True, describe=describe)
+
+
 # ============================================================================== generate()
 
 # Keywords generate() takes besides the generation settings.
@@ -1074,6 +1228,7 @@ class _Run:
     mask: Any                   # (N, prompt_len + new) 1/0 buffer, or None when nothing is padded
     positions: Any              # (N, prompt_len + new) position ids, or None for 0, 1, 2, ...
     cache: Any                  # KVCache or None
+    static: Any                 # _StaticDecode when decoding with cache_implementation="static", else None
     processors: list[Processor]
     criteria: list[Callable]    # device-side stopping criteria (beyond eos and max_length)
     eos: Any                    # (E,) tensor or None
@@ -1314,7 +1469,12 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
         past.reserve(prompt_len + new_max - 1 - past_len)
         cache = past
         use_cache = True
-    elif use_cache:
+    static = None
+    if _static_requested(cfg):
+        static = _static_plan(model, cfg, N, prompt_len + new_max - 1, device, past, use_cache)
+        if static is not None:
+            cache = static.cache
+    if cache is None and past is None and use_cache:
         from .modeling import KVCache
 
         cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
@@ -1335,6 +1495,9 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
     if padded:
         mask_buf = torch.ones(N, total, dtype=torch.long, device=device)
         mask_buf[:, :prompt_len] = mask
+        if static is not None:  # the static step's mask spans the cache's capacity
+            static.mask = torch.ones(N, static.cache.capacity, dtype=torch.bool, device=device)
+            static.mask[:, :prompt_len] = mask.bool()
 
     # 7. Processors and stopping criteria.
     processors = _build_processors(cfg, model, N, ids_len, min_len, max_length, mask if padded else None, eos_list,
@@ -1352,7 +1515,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
     return _Run(
         cfg=cfg, device=device, out_device=out_device, N=N, batch_size=B, ids_len=ids_len, prompt_len=prompt_len,
         past_len=past_len, max_length=max_length, seq=seq, embeds=embeds, mask=mask_buf, positions=pos_buf,
-        cache=cache, processors=processors, criteria=user_criteria, eos=eos, eos_list=eos_list, pad=pad,
+        cache=cache, static=static, processors=processors, criteria=user_criteria, eos=eos, eos_list=eos_list, pad=pad,
         stop_strings=stop_strings, streamer=streamer, check_finite=not cfg.remove_invalid_values,
         host_sync_each_step=host_sync, start_time=time.time(),
     )
@@ -1603,6 +1766,9 @@ def _next_logits(model: Any, run: _Run, cur: int, flags: dict, last_tokens: Any 
     """Logits after the sequence's first ``cur`` ids (``last_tokens`` overrides the ids fed)."""
     # Position p of the model's stream holds sequence column p − (prompt_len − ids_len).
     total = cur + (run.prompt_len - run.ids_len)
+    if run.static is not None:
+        pos = run.positions[:, total - 1 : total] if run.positions is not None else None
+        return run.static(model, run.seq[:, cur - 1 : cur], pos), None
     if run.cache is not None:
         ids = run.seq[:, cur - 1 : cur] if last_tokens is None else last_tokens
         mask = run.mask[:, :total] if run.mask is not None else None

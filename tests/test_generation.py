@@ -639,3 +639,91 @@ def test_nonfinite_logits_name_the_step(peaked, settings):
         assert out.shape[1] == 7 + 6  # opting in to remove_invalid_values cleans instead of raising
     finally:
         handle.remove()
+
+
+# ------------------------------------------------------------------------------ static cache
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(do_sample=True, top_k=20, top_p=0.9, repetition_penalty=1.3),
+])
+def test_static_cache_matches_transformers(soft, peaked, settings):
+    """cache_implementation="static" (uncompiled on CPU, as in transformers): the same tokens as the
+    oracle's static cache, on a left-padded batch whose rows stop at different times."""
+    pair = soft if settings.get("do_sample") else peaked
+    ids, mask, _ = left_padded()
+    assert_same(pair, ids, attention_mask=mask, max_new_tokens=10, pad_token_id=1, seed=3,
+                cache_implementation="static", **settings)
+
+
+def test_static_cache_returned_and_continued(peaked):
+    hf, nx = peaked
+    ids = prompt()
+    first = nx.generate(ids, max_new_tokens=5, eos_token_id=None, return_dict_in_generate=True,
+                        cache_implementation="static")
+    regular = nx.generate(ids, max_new_tokens=5, eos_token_id=None)
+    assert torch.equal(first.sequences, regular)
+    cache = first.past_key_values
+    assert cache.length == first.sequences.shape[1] - 1
+    assert cache.capacity == 256  # the static capacity (rounded up), not the regular cache's exact 11
+    longer = torch.cat([first.sequences, prompt(1, 3, seed=9)], dim=1)
+    resumed = nx.generate(longer, past_key_values=cache, max_new_tokens=6, eos_token_id=None)
+    assert torch.equal(resumed, nx.generate(longer, max_new_tokens=6, eos_token_id=None))
+
+
+def test_static_cache_compiled_once_for_every_length(soft):
+    """With a compile_config the static step is compiled (here by a counting backend that runs the
+    captured graph as is): the same tokens as the regular path, and calls with other lengths (the
+    capacity is rounded up) and other prompts reuse the one compiled graph."""
+    hf, nx = soft
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    ids, mask, _ = left_padded()
+    single = prompt()
+    for new, seed in ((6, 1), (11, 2), (9, 3)):
+        for inputs in (dict(inputs=ids, attention_mask=mask), dict(inputs=single)):
+            kwargs = dict(inputs, max_new_tokens=new, pad_token_id=1, do_sample=True, top_k=30)
+            torch.manual_seed(seed)
+            regular = nx.generate(**kwargs)
+            torch.manual_seed(seed)
+            static = nx.generate(cache_implementation="static", compile_config={"backend": backend}, **kwargs)
+            assert torch.equal(static, regular)
+    # One graph per batch shape (3 rows, 1 row), whatever the lengths.
+    assert len(graphs) == 2, f"the static decode step was compiled {len(graphs)} times for 2 batch shapes"
+
+
+def test_static_cache_with_inductor(peaked):
+    """The default backend end to end on CPU (needs a C++ compiler, as torch.compile does)."""
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler on CPU; none is on PATH")
+    hf, nx = peaked
+    ids, mask, _ = left_padded()
+    kwargs = dict(attention_mask=mask, max_new_tokens=8, pad_token_id=1)
+    compiled = nx.generate(ids, cache_implementation="static", compile_config={}, **kwargs)
+    assert torch.equal(compiled, nx.generate(ids, **kwargs))
+
+
+def test_static_cache_falls_back_where_it_cannot_apply(peaked, caplog):
+    hf, nx = peaked
+    ids, mask, _ = left_padded()
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, pad_token_id=1, num_beams=3)
+    with caplog.at_level("WARNING", logger="neox.generation"):
+        out = nx.generate(ids, cache_implementation="static", **kwargs)
+    assert "beam search" in caplog.text
+    assert torch.equal(out, nx.generate(ids, **kwargs))
+    with caplog.at_level("WARNING", logger="neox.generation"):
+        nx.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=1, cache_implementation="offloaded")
+    assert "offloaded" in caplog.text
+
+
+def test_static_cache_bad_compile_config(peaked):
+    hf, nx = peaked
+    with pytest.raises(ValueError, match="compile_config: unknown keys"):
+        nx.generate(prompt(), max_new_tokens=2, cache_implementation="static", compile_config={"fullgraf": True})
