@@ -110,3 +110,26 @@ def test_out_of_range_token_is_a_value_error_on_cuda():
     with pytest.raises(ValueError, match="128"):
         model(ids)
     assert torch.isfinite(model(ids_for(6).cuda()).logits).all()  # the context is still usable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_static_cache_cuda_graphs(dtype):
+    """cache_implementation="static" on CUDA compiles the decode step (mode reduce-overhead: CUDA
+    graphs): the tokens of the regular cache on a padded batch, for two lengths (one compiled
+    graph serves both) and, in fp32, for seeded sampling."""
+    model = neox_model().to("cuda", dtype).eval()
+    with torch.no_grad():
+        model.embed_out.weight.mul_(8)  # peaked logits: rounding cannot flip a greedy choice
+    ids = ids_for(10).cuda()
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    runs = [(12, dict(do_sample=False)), (20, dict(do_sample=False))]
+    if dtype == torch.float32:
+        runs.append((16, dict(do_sample=True, top_k=20)))
+    for new, settings in runs:
+        kwargs = dict(attention_mask=mask, max_new_tokens=new, pad_token_id=0, **settings)
+        torch.manual_seed(0)
+        regular = model.generate(ids, **kwargs)
+        torch.manual_seed(0)
+        static = model.generate(ids, cache_implementation="static", **kwargs)
+        assert torch.equal(static, regular), (new, settings)
