@@ -415,10 +415,7 @@ class GenerateDecoderOnlyOutput(ModelOutput):
     (N, V); ``attentions`` / ``hidden_states`` per step, per layer; ``past_key_values`` (the cache)."""
 
     _fields = ("sequences", "scores", "logits", "attentions", "hidden_states", "past_key_values")
-
-    @property
-    def cache(self) -> Any:  # transformers 5's name for past_key_values
-        return self.get("past_key_values")
+    _aliases = {"cache": "past_key_values"}
 
 
 class GenerateBeamDecoderOnlyOutput(ModelOutput):
@@ -427,10 +424,7 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
 
     _fields = ("sequences", "sequences_scores", "scores", "logits", "beam_indices", "attentions",
                "hidden_states", "past_key_values")
-
-    @property
-    def cache(self) -> Any:
-        return self.get("past_key_values")
+    _aliases = {"cache": "past_key_values"}
 
 
 # ============================================================================== streamers

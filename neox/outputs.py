@@ -17,6 +17,9 @@ __all__ = ["ModelOutput", "BaseModelOutputWithPast", "CausalLMOutputWithPast"]
 
 class ModelOutput(OrderedDict):
     _fields: tuple[str, ...] = ()
+    # Other names a field is read by: transformers 5 calls past_key_values "cache" (out.cache,
+    # out["cache"]). Reading only; the dict's own key stays the documented name.
+    _aliases: dict[str, str] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -33,6 +36,7 @@ class ModelOutput(OrderedDict):
                 super().__setitem__(name, value)
 
     def __getattr__(self, name: str) -> Any:
+        name = type(self)._aliases.get(name, name)
         if name in type(self)._fields:
             return self.get(name)
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
@@ -58,7 +62,7 @@ class ModelOutput(OrderedDict):
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, (int, slice)):
             return self.to_tuple()[key]
-        return super().__getitem__(key)
+        return super().__getitem__(self._aliases.get(key, key))
 
     def __reduce__(self):  # picklable despite the custom __init__
         return (type(self), (dict(self),))
@@ -81,17 +85,11 @@ class BaseModelOutputWithPast(ModelOutput):
     ``hidden_states`` (embeddings + one per layer) and ``attentions`` when asked for."""
 
     _fields = ("last_hidden_state", "past_key_values", "hidden_states", "attentions")
-
-    @property
-    def cache(self) -> Any:  # transformers 5's name for past_key_values
-        return self.get("past_key_values")
+    _aliases = {"cache": "past_key_values"}
 
 
 class CausalLMOutputWithPast(ModelOutput):
     """``loss`` (when labels are given), ``logits`` (B, T, V), then as BaseModelOutputWithPast."""
 
     _fields = ("loss", "logits", "past_key_values", "hidden_states", "attentions")
-
-    @property
-    def cache(self) -> Any:
-        return self.get("past_key_values")
+    _aliases = {"cache": "past_key_values"}

@@ -308,7 +308,7 @@ def test_cache_object_shape_and_tuple_form():
     model = neox_model()
     out = model(ids_for(7, batch=3), use_cache=True)
     cache = out.past_key_values
-    assert isinstance(cache, KVCache) and out.cache is cache
+    assert isinstance(cache, KVCache) and out.cache is cache and out["cache"] is cache  # transformers 5 names
     assert len(cache) == 2
     for i in range(len(cache)):
         k, v = cache[i]
