@@ -415,7 +415,6 @@ class GenerateDecoderOnlyOutput(ModelOutput):
     (N, V); ``attentions`` / ``hidden_states`` per step, per layer; ``past_key_values`` (the cache)."""
 
     _fields = ("sequences", "scores", "logits", "attentions", "hidden_states", "past_key_values")
-    _aliases = {"cache": "past_key_values"}
 
 
 class GenerateBeamDecoderOnlyOutput(ModelOutput):
@@ -424,7 +423,6 @@ class GenerateBeamDecoderOnlyOutput(ModelOutput):
 
     _fields = ("sequences", "sequences_scores", "scores", "logits", "beam_indices", "attentions",
                "hidden_states", "past_key_values")
-    _aliases = {"cache": "past_key_values"}
 
 
 # ============================================================================== streamers
@@ -1018,9 +1016,7 @@ class _StaticDecode:
 
     def __call__(self, model: Any, input_ids: Any, position_ids: Any) -> Any:
         torch = _torch()
-        length = self.cache.length
-        if length >= self.cache.capacity:
-            raise RuntimeError(f"static cache full ({self.cache.capacity} positions)")  # sized up front: a bug
+        length = self.cache.length  # < capacity: _static_plan sized the cache for the whole call
         # Fresh copies: the buffers' strides depend on the call's lengths (even for a (1, 1) view),
         # and a step compiled for one stride would recompile for every new max_new_tokens.
         ids = input_ids.clone(memory_format=torch.contiguous_format)
@@ -1114,8 +1110,7 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
         for t in (*cache.keys, *cache.values):
             t.zero_()
         cache.length = 0
-    key = json.dumps({k: v if isinstance(v, (str, bool, int, type(None), dict)) else repr(v)
-                      for k, v in options.items()}, sort_keys=True, default=repr)
+    key = json.dumps(options, sort_keys=True, default=repr)  # a backend may be a callable
     step = state["steps"].get(key)
     if step is None:
         step = torch.compile(_static_step, **options)
@@ -1468,7 +1463,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
         static = _static_plan(model, cfg, N, prompt_len + new_max - 1, device, past, use_cache)
         if static is not None:
             cache = static.cache
-    if cache is None and past is None and use_cache:
+    if cache is None and use_cache:  # (a user's past is already the cache)
         from .modeling import KVCache
 
         cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)

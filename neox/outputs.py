@@ -18,8 +18,8 @@ __all__ = ["ModelOutput", "BaseModelOutputWithPast", "CausalLMOutputWithPast"]
 class ModelOutput(OrderedDict):
     _fields: tuple[str, ...] = ()
     # Other names a field is read by: transformers 5 calls past_key_values "cache" (out.cache,
-    # out["cache"]). Reading only; the dict's own key stays the documented name.
-    _aliases: dict[str, str] = {}
+    # out["cache"]) in every output that has one. Reading only; the key stays the documented name.
+    _aliases: dict[str, str] = {"cache": "past_key_values"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -62,7 +62,7 @@ class ModelOutput(OrderedDict):
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, (int, slice)):
             return self.to_tuple()[key]
-        return super().__getitem__(self._aliases.get(key, key))
+        return super().__getitem__(type(self)._aliases.get(key, key))
 
     def __reduce__(self):  # picklable despite the custom __init__
         return (type(self), (dict(self),))
@@ -85,11 +85,9 @@ class BaseModelOutputWithPast(ModelOutput):
     ``hidden_states`` (embeddings + one per layer) and ``attentions`` when asked for."""
 
     _fields = ("last_hidden_state", "past_key_values", "hidden_states", "attentions")
-    _aliases = {"cache": "past_key_values"}
 
 
 class CausalLMOutputWithPast(ModelOutput):
     """``loss`` (when labels are given), ``logits`` (B, T, V), then as BaseModelOutputWithPast."""
 
     _fields = ("loss", "logits", "past_key_values", "hidden_states", "attentions")
-    _aliases = {"cache": "past_key_values"}

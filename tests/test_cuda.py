@@ -115,8 +115,8 @@ def test_out_of_range_token_is_a_value_error_on_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_static_cache_cuda_graphs(dtype):
     """cache_implementation="static" on CUDA compiles the decode step (mode reduce-overhead: CUDA
-    graphs): the tokens of the regular cache on a padded batch, for two lengths (one compiled
-    graph serves both) and, in fp32, for seeded sampling."""
+    graphs): the tokens of the regular cache on a padded batch, for two lengths and, in fp32, for
+    seeded sampling."""
     model = neox_model().to("cuda", dtype).eval()
     with torch.no_grad():
         model.embed_out.weight.mul_(8)  # peaked logits: rounding cannot flip a greedy choice
