@@ -216,7 +216,7 @@ def manual_greedy(model: Any, ids: Any, n: int) -> Any:
     "manual-loop". Like generate(min_new_tokens=n), the eos id never wins before token n.
     """
     import torch
-    from neox.modeling import KVCache
+    from neox.cache import KVCache
 
     eos = model.config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])

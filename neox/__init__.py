@@ -18,7 +18,7 @@ _EXPORTS = {
     "GPTNeoXModel": "neox.modeling",
     "GPTNeoXForCausalLM": "neox.modeling",
     "GPTNeoXPreTrainedModel": "neox.modeling",
-    "KVCache": "neox.modeling",
+    "KVCache": "neox.cache",
     "BaseModelOutputWithPast": "neox.outputs",
     "CausalLMOutputWithPast": "neox.outputs",
     "GPTNeoXTokenizerFast": "neox.tokenization",

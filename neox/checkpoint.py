@@ -22,12 +22,12 @@ import os
 import re
 import stat
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .files import temp_path
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -188,21 +188,6 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
 # ---------------------------------------------------------------------------------------- writing
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _temp_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def parse_size(size: int | str) -> int:
     """'5GB' → 5·10⁹, '200MiB' → 200·2²⁰, ints pass through (transformers' convention)."""
     if isinstance(size, int) and not isinstance(size, bool):
@@ -255,7 +240,7 @@ def save_state_dict(
     try:
         for name, shard in zip(names, shards):
             final = save_directory / name
-            tmp = _temp_path(final)
+            tmp = temp_path(final)
             staged.append((tmp, final))
             save_file({k: v.detach().contiguous() for k, v in shard.items()}, str(tmp), metadata=metadata)
         texts = dict(extra_files or {})
@@ -267,7 +252,7 @@ def save_state_dict(
             ) + "\n"
         for name, text in texts.items():
             final = save_directory / name
-            tmp = _temp_path(final)
+            tmp = temp_path(final)
             staged.append((tmp, final))
             tmp.write_text(text, encoding="utf-8")
         # Everything is on disk: move into place. Weights first, index and config last.

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write_text
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -278,8 +279,6 @@ class GPTNeoXConfig:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
-        from .checkpoint import atomic_write_text
-
         atomic_write_text(Path(path), self.to_json_string())
 
     @classmethod

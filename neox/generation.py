@@ -13,7 +13,7 @@ checks every input before any work, then runs one of two loops:
   hypotheses kept in a static buffer, the same early-stopping heuristic and length penalty).
 
 Both call :func:`prefill` once on the prompt, then :func:`decode_step` per new token: the lean
-``model.gpt_neox.core`` on one position with a :class:`~neox.modeling.KVCache` preallocated to the
+``model.gpt_neox.core`` on one position with a :class:`~neox.cache.KVCache` preallocated to the
 final length, and the head on that position only. The sequence, attention mask and position ids
 live in preallocated buffers; each step passes slice views of them, so nothing is concatenated
 and no per-step Python work grows with the sequence (the repetition penalty, the n-gram ban and
@@ -54,6 +54,8 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+from .files import atomic_write_text
+from .hub import HubOptions, resolve_file
 from .outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -251,8 +253,6 @@ class GenerationConfig:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "GenerationConfig":
-        from .hub import HubOptions, resolve_file
-
         options = HubOptions.pop_from(kwargs)
         if kwargs:
             raise TypeError(f"GenerationConfig.from_pretrained got unknown arguments: {sorted(kwargs)}")
@@ -266,8 +266,6 @@ class GenerationConfig:
         return cls.from_dict(data)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        from .checkpoint import atomic_write_text
-
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(save_directory) / GENERATION_CONFIG_NAME, self.to_json_string())
 
@@ -1089,7 +1087,7 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
         logger.warning("cache_implementation='static' does not apply with %s: decoding with the regular cache",
                        " or ".join(why))
         return None
-    from .modeling import KVCache
+    from .cache import KVCache
 
     options = _compile_options(cfg, device)
     capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
@@ -1311,9 +1309,9 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
             input_ids = input_ids[None]
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-        from .modeling import _check_input_ids
+        from .validation import check_input_ids
 
-        _check_input_ids(input_ids, model.gpt_neox.embed_in.num_embeddings)
+        check_input_ids(input_ids, model.gpt_neox.embed_in.num_embeddings)
         out_device = input_ids.device
         input_ids = input_ids.to(device=device, dtype=torch.long)
     if embeds is not None:
@@ -1443,7 +1441,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
     past_len = 0
     cache = None
     if past is not None:
-        from .modeling import KVCache
+        from .cache import KVCache
 
         if not isinstance(past, KVCache):
             past = KVCache.from_legacy_cache(past, extra_capacity=prompt_len + new_max)
@@ -1464,7 +1462,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
         if static is not None:
             cache = static.cache
     if cache is None and use_cache:  # (a user's past is already the cache)
-        from .modeling import KVCache
+        from .cache import KVCache
 
         cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
 

@@ -28,6 +28,7 @@ from .checkpoint import (
     save_state_dict,
 )
 from .config import CONFIG_NAME, GPTNeoXConfig
+from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -304,8 +305,6 @@ def _materialize_missing(model: nn.Module, missing: list[str], dtype: torch.dtyp
 
 
 def _load_generation_config(model: nn.Module, name: str | os.PathLike, options: HubOptions) -> None:
-    from .generation import GENERATION_CONFIG_NAME, GenerationConfig
-
     path = resolve_file(name, GENERATION_CONFIG_NAME, options)
     if path is not None:
         model.generation_config = GenerationConfig.from_pretrained(Path(path).parent)
@@ -337,8 +336,6 @@ def save_pretrained(
     config.dtype = str(model.dtype).removeprefix("torch.")
     files = {CONFIG_NAME: config.to_json_string()}
     if getattr(model, "generation_config", None) is not None:
-        from .generation import GENERATION_CONFIG_NAME
-
         files[GENERATION_CONFIG_NAME] = model.generation_config.to_json_string()
     save_directory.mkdir(parents=True, exist_ok=True)
     save_state_dict(state, save_directory, max_shard_size=max_shard_size, extra_files=files)
