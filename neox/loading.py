@@ -30,6 +30,7 @@ from .checkpoint import (
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import HubOptions, resolve_file
+from .placement import Placement, is_device_map, plan_placement
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ _SAFETENSORS_DTYPES = {
     "BOOL": torch.bool,
 }
 
-# Accepted and ignored: they only tune transformers' own loader, which neox does not need.
+# Accepted and ignored: they only tune transformers' own loader, which neox does not need
+# (offload_state_dict: neox never holds a second CPU copy of the weights while placing them).
 _NO_OP_ARGS = {"low_cpu_mem_usage", "trust_remote_code", "use_flash_attention_2", "offload_state_dict",
                "_fast_init", "ignore_mismatched_sizes_warning"}
 
@@ -115,6 +117,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     if device_map is not None and device_arg is not None:
         raise ValueError("pass device_map or device, not both")
     device_arg = device_map if device_map is not None else device_arg
+    max_memory = kwargs.pop("max_memory", None)
+    offload_folder = kwargs.pop("offload_folder", None)
     output_loading_info = kwargs.pop("output_loading_info", False)
     attn_implementation = kwargs.pop("attn_implementation", None)
     use_safetensors = kwargs.pop("use_safetensors", None)
@@ -141,10 +145,18 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     if use_safetensors is False:
         logger.info("use_safetensors=False: neox still prefers safetensors files when present")
     dtype = resolve_dtype(dtype, files, config)
-    device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
+    placed = is_device_map(device_arg)
+    device = torch.device("cpu") if placed else resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
 
     with torch.device("meta"):
         model = cls(config)
+    placement: Placement | None = None
+    if not placed and (max_memory is not None or offload_folder is not None):
+        logger.warning("max_memory and offload_folder apply only with a device_map dict or 'auto'/'balanced'/"
+                       "'sequential'; ignored for device_map=%r", device_arg)
+    if placed:  # a map over devices and disk (neox.placement); a map to one device reads straight onto it
+        placement = plan_placement(model, device_arg, dtype=dtype, max_memory=max_memory, offload_folder=offload_folder)
+        device = placement.single_device or device
     expected = dict(model.state_dict(keep_vars=True))
     prefix = cls.base_model_prefix
     is_base = not hasattr(model, prefix)  # GPTNeoXModel has no `gpt_neox` child
@@ -164,7 +176,7 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
                 f"{path.name}: tensor {key!r} has shape {tuple(tensor.shape)}, but the model built from "
                 f"config.json needs {tuple(want)} for {target!r}"
             )
-        loaded[target] = tensor
+        loaded[target] = tensor if placement is None else placement.place(target, path, key, tensor)
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
     missing = [k for k in expected if k not in loaded and k not in tied]
@@ -174,6 +186,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         if hasattr(module, "reset_parameters") and type(module).__name__ == "RotaryEmbedding":
             module.reset_parameters(device)
     model.tie_weights()
+    if placement is not None:
+        placement.dispatch(model)
 
     if is_base:
         unexpected = [k for k in unexpected if k not in ("embed_out.weight", "lm_head.weight")]
