@@ -40,7 +40,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def write_checkpoint(folder: Path, dtype_name: str) -> None:
+def write_checkpoint(folder: Path, dtype_name: str, shape: dict | None = None) -> None:
     """A random checkpoint in the exact layout transformers writes, without building a model."""
     import torch
     from safetensors.torch import save_file
@@ -48,7 +48,7 @@ def write_checkpoint(folder: Path, dtype_name: str) -> None:
     from neox import GPTNeoXConfig
 
     dtype = getattr(torch, dtype_name)
-    config = GPTNeoXConfig(**SHAPE, torch_dtype=dtype_name, architectures=["GPTNeoXForCausalLM"])
+    config = GPTNeoXConfig(**(shape or SHAPE), torch_dtype=dtype_name, architectures=["GPTNeoXForCausalLM"])
     D, I, V = config.hidden_size, config.intermediate_size, config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
