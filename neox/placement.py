@@ -434,12 +434,16 @@ class _MappedFile:
         view = torch.frombuffer(self.map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start)
         return view.view(shape), start, end
 
-    def drop(self, start: int, end: int) -> None:
-        """Unmap these bytes' pages from the process (clean pages: the next read faults them back in)."""
-        page = mmap.PAGESIZE
-        first = start // page * page
-        if end > first:
-            self.map.madvise(mmap.MADV_DONTNEED, first, end - first)
+    def drop(self) -> None:
+        """Unmap every page of the file from the process (clean pages: the next read faults them back in).
+
+        The whole mapping, not one tensor's bytes: the kernel maps file pages in large folios, so
+        reading the last page of one tensor can map the start of the next one too (seen on Linux
+        6.18 / ext4: a 256 KiB tensor's forward left its neighbour's 252 KiB resident). Only disk
+        tensors are views of this mapping, and a dropped page that is needed again is a minor fault.
+        """
+        if len(self.map):
+            self.map.madvise(mmap.MADV_DONTNEED)
 
 
 # ============================================================================== the runtime
@@ -483,7 +487,7 @@ class _Unit:
     execution: torch.device
     move_inputs: bool = False
     swaps: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)  # (param, stored)
-    drops: list[tuple[_MappedFile, int, int]] = field(default_factory=list)
+    drops: list[_MappedFile] = field(default_factory=list)
     cache_layers: list[int] = field(default_factory=list)
 
     def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -499,8 +503,8 @@ class _Unit:
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         for param, stored in self.swaps:
             param.data = stored
-        for mapped, start, end in self.drops:
-            mapped.drop(start, end)
+        for mapped in self.drops:
+            mapped.drop()
 
     def _relocate(self, cache: KVCache) -> None:
         for i in self.cache_layers:
@@ -611,8 +615,8 @@ class Placement:
                     stored, mapped = owner[id(t)]
                     if stored.device != unit.execution:
                         unit.swaps.append((t, stored))
-                    if mapped is not None:
-                        unit.drops.append(mapped)
+                    if mapped is not None and mapped[0] not in unit.drops:
+                        unit.drops.append(mapped[0])
                 for attr, b in list(module._buffers.items()):
                     if b is not None and b.device != unit.execution:
                         module._buffers[attr] = b.to(unit.execution)  # offload_buffers=False, as accelerate
@@ -628,8 +632,8 @@ class Placement:
             self.handles.append(model.register_forward_pre_hook(root.pre, with_kwargs=True, prepend=True))
             self.handles.append(model.register_forward_hook(root.post, with_kwargs=True, always_call=True))
         # Views of the checkpoint were read while loading (size checks): start from nothing resident.
-        for mapped, start, end in self._mapped.values():
-            mapped.drop(start, end)
+        for mapped in self._files.values():
+            mapped.drop()
         model.hf_device_map = dict(self.device_map)
         model._placement = self
         logger.info("placed %s: %s (compute on %s for cpu/disk modules)", type(model).__name__,
