@@ -489,6 +489,7 @@ class _Unit:
     swaps: list[tuple[nn.Parameter, torch.Tensor]] = field(default_factory=list)  # (param, stored)
     drops: list[_MappedFile] = field(default_factory=list)
     cache_layers: list[int] = field(default_factory=list)
+    output_to: torch.device | None = None  # the offloaded output head returns logits where its weight is kept
 
     def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if self.move_inputs:
@@ -500,11 +501,12 @@ class _Unit:
             param.data = stored.to(self.execution, non_blocking=True)
         return args, kwargs
 
-    def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         for param, stored in self.swaps:
             param.data = stored
         for mapped in self.drops:
             mapped.drop()
+        return None if self.output_to is None else _to(output, self.output_to)
 
     def _relocate(self, cache: KVCache) -> None:
         for i in self.cache_layers:
@@ -597,6 +599,7 @@ class Placement:
     def dispatch(self, model: nn.Module) -> None:
         """Move each module's tensors where it lives, attach the hooks, set ``model.hf_device_map``."""
         units = self._units(model)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         executions = {str(u.execution) for u in units}
         multi = len(executions) > 1
         owner: dict[int, tuple[torch.Tensor, tuple | None]] = {}  # id(param) → (stored, drop range)
@@ -624,6 +627,10 @@ class Placement:
                 if isinstance(layer, int) and not isinstance(layer, bool):
                     unit.cache_layers.append(layer)
             unit.move_inputs = multi
+            if unit.module is head and unit.swaps:
+                # generate() puts its tensors on the device of the head's weight, which for a head
+                # offloaded to cpu/disk is the CPU while it computes on the main device.
+                unit.output_to = unit.swaps[0][1].device
             if unit.move_inputs or unit.swaps or unit.drops:
                 self.handles.append(unit.module.register_forward_pre_hook(unit.pre, with_kwargs=True))
                 self.handles.append(unit.module.register_forward_hook(unit.post, with_kwargs=True, always_call=True))
