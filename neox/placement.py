@@ -424,15 +424,14 @@ class _MappedFile:
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         self.base = 8 + n
 
-    def tensor(self, key: str) -> tuple[torch.Tensor, int, int]:
+    def tensor(self, key: str) -> torch.Tensor:
         info = self.header[key]
         dtype = _SAFETENSORS_DTYPES[info["dtype"]]
         start, end = (self.base + int(o) for o in info["data_offsets"])
         shape = [int(s) for s in info["shape"]]
         if end == start:
-            return torch.empty(shape, dtype=dtype), start, end
-        view = torch.frombuffer(self.map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start)
-        return view.view(shape), start, end
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(self.map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).view(shape)
 
     def drop(self) -> None:
         """Unmap every page of the file from the process (clean pages: the next read faults them back in).
@@ -545,7 +544,7 @@ class Placement:
         gpus = [torch.device("cuda", v) for v in self.device_map.values() if isinstance(v, int)]
         self.main_device = gpus[0] if gpus else _CPU
         self._files: dict[Path, _MappedFile] = {}
-        self._mapped: dict[str, tuple[_MappedFile, int, int]] = {}  # disk tensor name → its bytes
+        self._mapped: dict[str, _MappedFile] = {}  # disk tensor name → the mapped file it is a view of
         self.handles: list[Any] = []
 
     @property
@@ -590,9 +589,8 @@ class Placement:
         return self._files[path]
 
     def _map(self, target: str, mapped: _MappedFile, key: str) -> torch.Tensor:
-        view, start, end = mapped.tensor(key)
-        self._mapped[target] = (mapped, start, end)
-        return view
+        self._mapped[target] = mapped
+        return mapped.tensor(key)
 
     # -- dispatching --------------------------------------------------------------------------
 
@@ -600,9 +598,9 @@ class Placement:
         """Move each module's tensors where it lives, attach the hooks, set ``model.hf_device_map``."""
         units = self._units(model)
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        executions = {str(u.execution) for u in units}
-        multi = len(executions) > 1
-        owner: dict[int, tuple[torch.Tensor, tuple | None]] = {}  # id(param) → (stored, drop range)
+        # Inputs need moving unless everything computes on the CPU (accelerate moves them always).
+        move = {str(u.execution) for u in units} != {"cpu"}
+        owner: dict[int, tuple[torch.Tensor, _MappedFile | None]] = {}  # id(param) → (stored, its mapping)
         for unit in units:
             prefix = f"{unit.name}." if unit.name else ""
             for mod_name, module in unit.module.named_modules(remove_duplicate=False):
@@ -618,15 +616,15 @@ class Placement:
                     stored, mapped = owner[id(t)]
                     if stored.device != unit.execution:
                         unit.swaps.append((t, stored))
-                    if mapped is not None and mapped[0] not in unit.drops:
-                        unit.drops.append(mapped[0])
+                    if mapped is not None and mapped not in unit.drops:
+                        unit.drops.append(mapped)
                 for attr, b in list(module._buffers.items()):
                     if b is not None and b.device != unit.execution:
                         module._buffers[attr] = b.to(unit.execution)  # offload_buffers=False, as accelerate
                 layer = getattr(module, "layer_idx", None)
                 if isinstance(layer, int) and not isinstance(layer, bool):
                     unit.cache_layers.append(layer)
-            unit.move_inputs = multi
+            unit.move_inputs = move
             if unit.module is head and unit.swaps:
                 # generate() puts its tensors on the device of the head's weight, which for a head
                 # offloaded to cpu/disk is the CPU while it computes on the main device.
@@ -634,11 +632,11 @@ class Placement:
             if unit.move_inputs or unit.swaps or unit.drops:
                 self.handles.append(unit.module.register_forward_pre_hook(unit.pre, with_kwargs=True))
                 self.handles.append(unit.module.register_forward_hook(unit.post, with_kwargs=True, always_call=True))
-        if multi:
+        if move:
             root = _RootHook()
             self.handles.append(model.register_forward_pre_hook(root.pre, with_kwargs=True, prepend=True))
             self.handles.append(model.register_forward_hook(root.post, with_kwargs=True, always_call=True))
-        # Views of the checkpoint were read while loading (size checks): start from nothing resident.
+        # Start with no disk page resident, whatever loading touched.
         for mapped in self._files.values():
             mapped.drop()
         model.hf_device_map = dict(self.device_map)

@@ -74,6 +74,33 @@ def test_cpu_disk_split_gives_one_device_logits_and_tokens(checkpoint, case):
     assert "disk" in model.hf_device_map.values()
 
 
+@pytest.mark.parametrize("device_map", [
+    {"": "disk"},
+    {"gpt_neox.embed_in": "disk", "gpt_neox.layers": "cpu", "gpt_neox.final_layer_norm": "cpu", "embed_out": "cpu"},
+    {"gpt_neox": "cpu", "embed_out": "disk"},
+])
+def test_sharded_checkpoint_with_tied_head(save_neox_model, device_map):
+    folder, _ = save_neox_model(num_hidden_layers=L, tie_word_embeddings=True, max_shard_size=20_000)
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    reference = GPTNeoXForCausalLM.from_pretrained(folder)
+    model = GPTNeoXForCausalLM.from_pretrained(folder, device_map=device_map)
+    assert model.embed_out.weight is model.gpt_neox.embed_in.weight
+    ids, mask = _inputs()
+    assert torch.equal(model(ids, attention_mask=mask).logits, reference(ids, attention_mask=mask).logits)
+
+
+def test_remove_placement_detaches_the_hooks(checkpoint):
+    from neox.placement import remove_placement
+
+    folder, reference = checkpoint
+    model = GPTNeoXForCausalLM.from_pretrained(folder, device_map={"": "disk"})
+    assert model.gpt_neox.layers[0]._forward_hooks
+    remove_placement(model)
+    assert not model.gpt_neox.layers[0]._forward_hooks and not hasattr(model, "hf_device_map")
+    ids, _ = _inputs()
+    assert torch.equal(model(ids).logits, reference(ids).logits)  # still views of the file
+
+
 def test_disk_weights_are_mapped_and_their_pages_dropped(save_neox_model):
     # An embedding big enough that the mapping's resident size says something (4 x 256 KiB).
     folder, _ = save_neox_model(num_hidden_layers=2, vocab_size=2048, hidden_size=32)
