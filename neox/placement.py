@@ -411,24 +411,35 @@ def compact_map(model: nn.Module, devices: Mapping[str, Device]) -> dict[str, in
 # ============================================================================== disk: memory-mapped tensors
 
 
+def _layout(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+    """{name: (dtype, shape, first byte, end byte)} of a safetensors file, offsets from the file's start."""
+    header = check_safetensors_header(path)  # names the file if it is truncated or corrupt
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    out = {}
+    for key, info in header.items():
+        if key != "__metadata__":
+            start, end = (8 + n + int(o) for o in info["data_offsets"])
+            out[key] = (_SAFETENSORS_DTYPES[info["dtype"]], [int(d) for d in info["shape"]], start, end)
+    return out
+
+
 class _MappedFile:
     """One safetensors file mapped copy-on-write; tensors are views, pages dropped after use."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.header = check_safetensors_header(path)
+        self.tensors = _layout(path)
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
             # ACCESS_COPY (MAP_PRIVATE): writable views (torch warns on read-only buffers), never
             # written back; the pages are the page cache's until a tensor is written to.
             self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        self.base = 8 + n
+
+    def dtype(self, key: str) -> torch.dtype | None:
+        return self.tensors[key][0] if key in self.tensors else None
 
     def tensor(self, key: str) -> torch.Tensor:
-        info = self.header[key]
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        start, end = (self.base + int(o) for o in info["data_offsets"])
-        shape = [int(s) for s in info["shape"]]
+        dtype, shape, start, end = self.tensors[key]
         if end == start:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(self.map, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).view(shape)
@@ -565,7 +576,7 @@ class Placement:
         want = self.dtype if tensor.is_floating_point() else tensor.dtype
         if path.name.endswith(".safetensors"):
             mapped = self._file(path)
-            stored = _SAFETENSORS_DTYPES.get(mapped.header.get(key, {}).get("dtype"))
+            stored = mapped.dtype(key)
             if stored == want:
                 return self._map(target, mapped, key)
         if self.offload_folder is None:
