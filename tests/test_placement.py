@@ -101,6 +101,15 @@ def test_remove_placement_detaches_the_hooks(checkpoint):
     assert torch.equal(model(ids).logits, reference(ids).logits)  # still views of the file
 
 
+def test_save_pretrained_from_a_disk_placed_model(checkpoint, tmp_path):
+    folder, reference = checkpoint
+    model = GPTNeoXForCausalLM.from_pretrained(folder, device_map={"gpt_neox": "disk", "embed_out": "cpu"})
+    model.save_pretrained(tmp_path / "resaved")
+    back = GPTNeoXForCausalLM.from_pretrained(tmp_path / "resaved")
+    for key, value in reference.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
 def test_disk_weights_are_mapped_and_their_pages_dropped(save_neox_model):
     # An embedding big enough that the mapping's resident size says something (4 x 256 KiB).
     folder, _ = save_neox_model(num_hidden_layers=2, vocab_size=2048, hidden_size=32)
