@@ -162,6 +162,24 @@ def test_max_memory_split_matches_transformers_map(hf, hf_config, checkpoint, cp
     assert torch.equal(model(ids).logits, reference(ids).logits)
 
 
+@pytest.mark.parametrize("strategy", ["auto", "balanced_low_0", "sequential"])
+@pytest.mark.parametrize("max_memory", [{0: 100_000, 1: 100_000, "cpu": 100_000}, {0: 60_000, 1: 200_000, "cpu": 50_000},
+                                        {0: 300_000, 1: 300_000}])
+def test_gpu_maps_match_transformers(hf, hf_config, tiny_config, monkeypatch, strategy, max_memory):
+    """The planning over two GPUs, CPU and disk (no GPU needed: only sizes are compared)."""
+    from transformers.integrations.accelerate import _get_device_map
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with torch.device("meta"):
+        theirs = hf.GPTNeoXForCausalLM(hf_config(num_hidden_layers=6))
+        ours = GPTNeoXForCausalLM(tiny_config(num_hidden_layers=6))
+    expected = _get_device_map(theirs, strategy, dict(max_memory), None)
+    got = infer_device_map(ours, dict(max_memory), strategy=strategy)
+    names = [n for n, _ in ours.named_parameters()]
+    assert _tensor_devices(got, names) == _tensor_devices(expected, names)
+
+
 def test_max_memory_string_sizes_and_sequential(checkpoint):
     folder, reference = checkpoint
     with torch.device("meta"):
