@@ -452,7 +452,7 @@ class _MappedFile:
         6.18 / ext4: a 256 KiB tensor's forward left its neighbour's 252 KiB resident). Only disk
         tensors are views of this mapping, and a dropped page that is needed again is a minor fault.
         """
-        if len(self.map):
+        if len(self.map) and hasattr(mmap, "MADV_DONTNEED"):  # not on Windows: pages then stay cached
             self.map.madvise(mmap.MADV_DONTNEED)
 
 
