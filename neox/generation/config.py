@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -247,6 +248,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and (isinstance(value, int) or math.isfinite(value))
+
+
 def _validate(cfg: GenerationConfig) -> None:
     """Checks of the resolved settings (defaults filled). Sampling-only values are checked only
     when sampling, as transformers does (elsewhere they are ignored with a warning)."""
@@ -270,9 +275,11 @@ def _validate(cfg: GenerationConfig) -> None:
          f"`early_stopping` must be True, False or 'never', got {cfg.early_stopping!r}")
     if cfg.max_time is not None:
         need(_is_number(cfg.max_time) and cfg.max_time > 0, f"`max_time` must be a positive number of seconds, got {cfg.max_time!r}")
-    need(_is_number(cfg.repetition_penalty) and cfg.repetition_penalty > 0,
-         f"`repetition_penalty` must be a positive number, got {cfg.repetition_penalty!r}")
-    need(_is_number(cfg.length_penalty), f"`length_penalty` must be a number, got {cfg.length_penalty!r}")
+    # Non-finite values pass transformers' checks and silently give garbage (inf: every repeated
+    # token at -inf or 0; a NaN length penalty: an arbitrary beam order), so they are refused here.
+    need(_is_finite(cfg.repetition_penalty) and cfg.repetition_penalty > 0,
+         f"`repetition_penalty` must be a positive, finite number, got {cfg.repetition_penalty!r}")
+    need(_is_finite(cfg.length_penalty), f"`length_penalty` must be a finite number, got {cfg.length_penalty!r}")
 
     if cfg.num_return_sequences > 1:
         if cfg.num_beams == 1 and not cfg.do_sample:
@@ -287,8 +294,8 @@ def _validate(cfg: GenerationConfig) -> None:
 
     if cfg.do_sample:
         t = cfg.temperature
-        need(_is_number(t) and t > 0,
-             f"`temperature` must be a positive number when sampling, got {t!r}"
+        need(_is_finite(t) and t > 0,
+             f"`temperature` must be a positive, finite number when sampling, got {t!r}"
              + (" (for greedy decoding pass do_sample=False)" if _is_number(t) and t == 0 else ""))
         need(_is_int(cfg.top_k) and cfg.top_k >= 0, f"`top_k` must be a non-negative integer (0 disables it), got {cfg.top_k!r}")
         need(_is_number(cfg.top_p) and 0 < cfg.top_p <= 1, f"`top_p` must be in (0, 1], got {cfg.top_p!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -86,9 +87,11 @@ def prepare(model: Any, inputs: Any, generation_config: Any, logits_processor: A
     prompt = _read_prompt(model, cfg, inputs, model_kwargs, device)
     eos_list, pad = _special_tokens(cfg, prompt, vocab)
     _mask_and_positions(prompt, pad, eos_list, device)
-    N = _expand(prompt, max(cfg.num_beams, cfg.num_return_sequences))
     max_length, min_len = _lengths(cfg, config, prompt, has_default_max, has_default_min)
     new_max = max_length - prompt.ids_len
+    expand = max(cfg.num_beams, cfg.num_return_sequences)
+    _check_memory(model, cfg, prompt, prompt.batch_size * expand, new_max, device)
+    N = _expand(prompt, expand)
     cache, static, past_len = build_cache(model, cfg, N, prompt.prompt_len, new_max, prompt.past,
                                           prompt.embeds is not None, device)
     seq, mask_buf, pos_buf = _buffers(prompt, N, max_length, new_max, static, device)
@@ -312,6 +315,49 @@ def _lengths(cfg: GenerationConfig, config: Any, prompt: _Prompt, has_default_ma
         warnings.warn(f"Unfeasible length constraints: the minimum length ({min_len}) is larger than the maximum "
                       f"length ({max_length}); generation will stop at the maximum length.", UserWarning, stacklevel=5)
     return max_length, min_len
+
+
+def _check_memory(model: Any, cfg: GenerationConfig, prompt: _Prompt, N: int, new_max: int, device: Any) -> None:
+    """Refuse, before anything is allocated, a length whose preallocated cache and token buffers
+    cannot fit in the device's memory (transformers' growing cache would run until it fails)."""
+    available = _memory_available(device)
+    if available is None:
+        return
+    config = model.config
+    # Per position: a key and a value per layer, (N, H, hs) each, in the model's dtype — as
+    # KVCache.for_model allocates; and the sequence, mask and position buffers (int64).
+    cached = bool(cfg.use_cache) or prompt.embeds is not None or prompt.past is not None
+    cache_bytes = (2 * config.num_hidden_layers * N * config.num_attention_heads * config.head_size
+                   * model.embed_out.weight.element_size()) if cached else 0
+    per_position = cache_bytes + 3 * N * 8
+    if per_position * (prompt.prompt_len + new_max) <= available:
+        return
+    fits = max(available // per_position - prompt.prompt_len, 0)
+    where = "physical memory" if device.type == "cpu" else f"free memory on {device}"
+    raise ValueError(
+        f"max_new_tokens={new_max} (max_length {prompt.ids_len + new_max}) cannot fit: {N} row(s) of "
+        f"{prompt.prompt_len} prompt + {new_max} new positions need {_gib(per_position * (prompt.prompt_len + new_max))} "
+        f"for the preallocated KV cache and token buffers, more than the {_gib(available)} of {where}. "
+        f"At most max_new_tokens={fits} fits; lower it, the batch, or num_beams/num_return_sequences"
+    )
+
+
+def _memory_available(device: Any) -> int | None:
+    """Bytes one generate() call may allocate at most: physical memory on CPU; on CUDA free memory
+    plus what PyTorch's allocator holds unused. None where the device cannot be asked."""
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system
+            return None
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _buffers(prompt: _Prompt, N: int, max_length: int, new_max: int, static: _StaticDecode | None,
