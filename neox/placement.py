@@ -216,7 +216,7 @@ def infer_device_map(
     sizes = _module_sizes(model, dtype)
     limits = _max_memory(max_memory)
     if strategy != "sequential":
-        limits = _balanced(model, limits, sizes, no_split, user_set=max_memory is not None,
+        limits = _balanced(model, limits, sizes, no_split, dtype, user_set=max_memory is not None,
                            low_zero=strategy == "balanced_low_0")
     devices: list[int | str] = [*limits, _DISK]
     gpus = [d for d in devices if isinstance(d, int)]
@@ -275,8 +275,8 @@ def infer_device_map(
     return _clean(placed)
 
 
-def _balanced(model: nn.Module, limits: dict, sizes: dict[str, int], no_split: set[str], *, user_set: bool,
-              low_zero: bool) -> dict:
+def _balanced(model: nn.Module, limits: dict, sizes: dict[str, int], no_split: set[str], dtype: torch.dtype, *,
+              user_set: bool, low_zero: bool) -> dict:
     """transformers' get_balanced_memory: an even share of the model (plus one layer) per GPU."""
     limits = dict(limits)
     gpus = sorted(k for k, v in limits.items() if isinstance(k, int) and v > 0)
@@ -288,11 +288,13 @@ def _balanced(model: nn.Module, limits: dict, sizes: dict[str, int], no_split: s
         return limits
     per_gpu = sizes[""] // (len(gpus) - 1 if low_zero else len(gpus))
     biggest = max((sizes.get(n, 0) for n, m in model.named_modules() if type(m).__name__ in no_split), default=0)
-    leaves: dict[str, int] = {}
+    leaves: dict[str, int] = {}  # bytes of each module's own tensors (a tied one counted once)
+    seen: set[int] = set()
     for name, t in _named_tensors(model):
-        if "." in name:
+        if "." in name and id(t) not in seen:
             parent = name.rsplit(".", 1)[0]
-            leaves[parent] = leaves.get(parent, 0) + t.numel() * t.element_size()
+            leaves[parent] = leaves.get(parent, 0) + _tensor_bytes(t, dtype)
+        seen.add(id(t))
     per_gpu += int(1.25 * max(biggest, max(leaves.values(), default=0)))
     for i in gpus[:-1]:
         limits[i] = min(limits[0] if low_zero and i == 0 else per_gpu, limits[i])
