@@ -60,8 +60,8 @@ def resolve_dtype(dtype: Any, files: list[Path] | None, config: GPTNeoXConfig) -
             raise ValueError(f"dtype must be a floating-point type, got {dtype}")
         return dtype
     if dtype is None or dtype == "auto":
-        if config.dtype in _DTYPES:
-            return _DTYPES[config.dtype]
+        if isinstance(config.dtype, torch.dtype) and config.dtype.is_floating_point:
+            return config.dtype
         found = checkpoint_dtype(files) if files else None
         return found or torch.float32
     if isinstance(dtype, str):

@@ -181,7 +181,9 @@ def attention(
         T, S = q.shape[2], k.shape[2]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        # transformers' eager path adds finfo.min rather than -inf: a row with no visible key
+        # then averages every value instead of turning to NaN.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     if dropout:
         probs = F.dropout(probs, p=dropout)
@@ -284,12 +286,18 @@ def _attention_mask(
             mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         return mask.to(device), False
     keep = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
-    mask = keep[:, None, None, :] & _causal(T, S, device)[None, None]  # (B, 1, T, S)
-    # A query at a padding position may see no key at all (left padding); let it see itself so
-    # its (ignored) output stays finite instead of NaN.
-    diagonal = torch.arange(T, device=device)
-    mask[:, :, diagonal, past + diagonal] = True
-    return mask, False
+    if past == 0 and not _tracing() and bool(keep.all()):
+        # All ones (a Trainer or tokenizer batch without padding): the plain causal fast path,
+        # as transformers' sdpa_mask skips the mask then. Not while tracing (a host sync).
+        return None, True
+    # As transformers builds it: causal AND key-is-not-padding. A padding query sees the real
+    # keys before it (right padding) or none at all (left padding); a row with no key gives 0
+    # under SDPA and the mean of all values under the eager path, as in transformers.
+    return keep[:, None, None, :] & _causal(T, S, device)[None, None], False  # (B, 1, T, S)
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _static_mask(cache_position: torch.Tensor, capacity: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
