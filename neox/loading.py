@@ -33,7 +33,7 @@ from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_pretrained", "save_pretrained", "resolve_dtype", "resolve_device"]
+__all__ = ["load_pretrained", "save_pretrained", "metadata_files", "resolve_dtype", "resolve_device"]
 
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -138,6 +138,12 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     use_safetensors = kwargs.pop("use_safetensors", None)
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
+    adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}  # transformers' Auto classes always pass it
+    if "_adapter_model_path" in adapter_kwargs:
+        raise ValueError(
+            f"{name!r} holds a PEFT adapter, not a model: load its base model with from_pretrained, then "
+            "peft.PeftModel.from_pretrained(model, adapter_folder)"
+        )
 
     if config is None:
         config_overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _config_fields()}
@@ -380,11 +386,16 @@ def save_pretrained(
             state[key] = tensor.clone()
         seen.add(ptr)
 
+    save_directory.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state, save_directory, max_shard_size=max_shard_size, extra_files=metadata_files(model))
+
+
+def metadata_files(model: nn.Module) -> dict[str, str]:
+    """config.json and generation_config.json as save_pretrained writes them beside the weights."""
     config = model.config
     config.architectures = [type(model).__name__]
-    config.dtype = str(model.dtype).removeprefix("torch.")
+    config.dtype = model.dtype
     files = {CONFIG_NAME: config.to_json_string()}
     if getattr(model, "generation_config", None) is not None:
         files[GENERATION_CONFIG_NAME] = model.generation_config.to_json_string()
-    save_directory.mkdir(parents=True, exist_ok=True)
-    save_state_dict(state, save_directory, max_shard_size=max_shard_size, extra_files=files)
+    return files

@@ -23,6 +23,7 @@ The output head ``embed_out`` is untied from ``embed_in`` in every EleutherAI ch
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import math
@@ -39,7 +40,7 @@ from torch import nn
 from .cache import KVCache
 from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
-from .loading import load_pretrained, save_pretrained
+from .loading import load_pretrained, resolve_dtype, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .validation import check_input_ids
 
@@ -641,6 +642,21 @@ class GPTNeoXPreTrainedModel(nn.Module):
         return False
 
     # -- loading and saving --------------------------------------------------------------------
+
+    @classmethod
+    def _from_config(
+        cls, config: GPTNeoXConfig, dtype: Any = None, torch_dtype: Any = None, attn_implementation: str | None = None
+    ) -> "GPTNeoXPreTrainedModel":
+        """A freshly initialised model (what ``AutoModelForCausalLM.from_config`` calls)."""
+        if attn_implementation is not None:
+            config = copy.deepcopy(config)
+            config.attn_implementation = attn_implementation
+            config.validate()
+        model = cls(config)
+        dtype = dtype if dtype is not None else torch_dtype
+        if dtype is not None and dtype != "auto":
+            model = model.to(resolve_dtype(dtype, None, config))
+        return model
 
     @classmethod
     def from_pretrained(
