@@ -529,6 +529,7 @@ class GPTNeoXPreTrainedModel(nn.Module):
             new = nn.Embedding(n, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
             self._fill_resized(old.weight, new, mean_resizing)
             new.weight.requires_grad_(old.weight.requires_grad)
+            new._is_hf_initialized = True  # init_weights() must not redraw it
             self.set_input_embeddings(new)
             out = self.get_output_embeddings()
             if out is not None and not self.config.tie_word_embeddings and out.out_features != n:
@@ -543,6 +544,7 @@ class GPTNeoXPreTrainedModel(nn.Module):
                             head.bias[keep:].normal_(mean=float(mean), std=1e-9 * float(std))
                         head.bias[:keep] = out.bias[:keep]
                 head.weight.requires_grad_(out.weight.requires_grad)
+                head._is_hf_initialized = True
                 self.set_output_embeddings(head)
         self.config.vocab_size = n
         self.tie_weights()
