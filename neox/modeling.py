@@ -321,10 +321,6 @@ def _checkpoint_offloaded(function: Any, *args: Any, **kwargs: Any) -> Any:
         return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
 
 
-def _yaml_list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{t}"' for t in items) + "]"
-
-
 def _causal(T: int, S: int, device: torch.device) -> torch.Tensor:
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)  # (T, S), query i sees keys ≤ S−T+i
 
@@ -480,10 +476,10 @@ class GPTNeoXPreTrainedModel(nn.Module):
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size)
-            if self.model_tags:
-                from huggingface_hub import ModelCard
+            if self.model_tags:  # the card's metadata carries the tags, as transformers writes them
+                from huggingface_hub import ModelCard, ModelCardData
 
-                card = ModelCard(f"---\ntags: {_yaml_list(self.model_tags)}\nlibrary_name: neox\n---\n")
+                card = ModelCard(f"---\n{ModelCardData(tags=self.model_tags, library_name='neox').to_yaml()}\n---\n")
                 card.save(os.path.join(folder, "README.md"))
             return api.upload_folder(
                 repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",

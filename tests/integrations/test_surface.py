@@ -253,6 +253,38 @@ def test_push_to_hub_offline_is_a_clear_error(hf, monkeypatch):
         ours.push_to_hub("someone/tiny")
 
 
+def test_push_to_hub_uploads_a_loadable_folder(hf, monkeypatch, tmp_path):
+    """Online (here: a stand-in HfApi), the uploaded folder is what save_pretrained writes, plus a card with the tags."""
+    import shutil
+
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id))
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision, create_pr):
+            shutil.copytree(folder_path, tmp_path / "uploaded")
+            calls.append(("upload", repo_id, commit_message))
+            return "commit-url"
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    ours, _ = pair(hf)
+    ours.add_model_tags(["sft"])
+    assert ours.push_to_hub("someone/tiny", commit_message="first") == "commit-url"
+    assert ("create", "someone/tiny") in calls and ("upload", "someone/tiny", "first") in calls
+    assert huggingface_hub.ModelCard.load(tmp_path / "uploaded" / "README.md").data.tags == ["sft"]
+    loaded = GPTNeoXForCausalLM.from_pretrained(tmp_path / "uploaded")
+    with torch.no_grad():
+        assert (loaded(ids_for()).logits - ours(ids_for()).logits).abs().max() <= ATOL  # sdpa vs eager
+
+
 @pytest.mark.parametrize("mean_resizing", [True, False])
 @pytest.mark.parametrize("new, multiple", [(136, None), (130, 8), (100, None)])
 def test_resize_token_embeddings_draws_what_transformers_draws(hf, mean_resizing, new, multiple):
