@@ -10,4 +10,6 @@ client decides by ``isinstance(model, transformers.PreTrainedModel)``.
   ``from_pretrained`` can load (config.json and generation_config.json beside the weights).
 * :mod:`neox.integrations.peft` — ``get_peft_model``: PEFT's ``target_modules="all-linear"``
   leaving the output head out, as PEFT does for transformers models.
+* :mod:`neox.integrations.trl` — ``to_transformers_tokenizer``: neox's tokenizer as the
+  ``PreTrainedTokenizerBase`` TRL's trainers require.
 """
