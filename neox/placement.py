@@ -570,20 +570,25 @@ class Placement:
 
     # -- loading ------------------------------------------------------------------------------
 
-    def place(self, target: str, path: Path, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The loaded tensor for ``target``: moved to its CUDA device, kept (CPU), or disk-mapped."""
+    def place(self, target: str, path: Path | None, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The loaded tensor for ``target`` (read as ``key`` from ``path``; None: from a state_dict):
+        moved to its CUDA device, kept (CPU), or disk-mapped."""
         device = self.devices.get(target, self.main_device)
         if device != _DISK:
             return tensor if tensor.device == device else tensor.to(device)
         want = self.dtype if tensor.is_floating_point() else tensor.dtype
-        if path.name.endswith(".safetensors"):
+        if path is not None and path.name.endswith(".safetensors"):
             mapped = self._file(path)
             stored = mapped.dtype(key)
             if stored == want:
                 return self._map(target, mapped, key)
         if self.offload_folder is None:
-            why = (f"{path.name} is not a safetensors file" if not path.name.endswith(".safetensors")
-                   else f"{path.name} stores {key!r} as {stored}, and dtype={want} was asked for")
+            if path is None:
+                why = "the weights come from a state_dict, not a file"
+            elif not path.name.endswith(".safetensors"):
+                why = f"{path.name} is not a safetensors file"
+            else:
+                why = f"{path.name} stores {key!r} as {stored}, and dtype={want} was asked for"
             raise ValueError(
                 f"device_map puts {target!r} on 'disk', but {why}: pass offload_folder=... (a folder to "
                 "write the converted weights to, memory-mapped from there)"

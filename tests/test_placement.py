@@ -213,6 +213,18 @@ def test_disk_with_dtype_conversion_or_bin_needs_offload_folder(checkpoint, tmp_
     assert torch.equal(from_bin(ids).logits, reference(ids).logits)
 
 
+def test_state_dict_onto_disk_needs_offload_folder(checkpoint, tmp_path):
+    folder, reference = checkpoint
+    state = reference.state_dict()
+    with pytest.raises(ValueError, match="offload_folder"):
+        GPTNeoXForCausalLM.from_pretrained(None, config=reference.config, state_dict=state, device_map={"": "disk"})
+    model = GPTNeoXForCausalLM.from_pretrained(None, config=reference.config, state_dict=state,
+                                               device_map={"gpt_neox": "disk", "embed_out": "cpu"},
+                                               offload_folder=tmp_path / "off")
+    ids, _ = _inputs()
+    assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
 def test_base_model_placement(save_neox_model):
     folder, _ = save_neox_model(base=True, num_hidden_layers=L)
     reference = GPTNeoXModel.from_pretrained(folder)
