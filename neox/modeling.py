@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .cache import KVCache
+from .cache import CacheProtocolAdapter, KVCache, is_cache_protocol
 from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
 from .loading import load_pretrained, save_pretrained
@@ -561,9 +561,13 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
                 logger.warning("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
                 self._warned_checkpointing_cache = True
             use_cache = False
+        foreign = None  # a transformers Cache passed in: updated in place and handed back, as transformers does
         if past is not None and not isinstance(past, KVCache):
-            past = KVCache.from_legacy_cache(past, extra_capacity=T)
-        if past is not None and past.batch_size != B:
+            if is_cache_protocol(past):
+                foreign, past = past, CacheProtocolAdapter(past)
+            else:
+                past = KVCache.from_legacy_cache(past, extra_capacity=T)
+        if past is not None and past.batch_size not in (B, None):
             raise ValueError(f"past_key_values holds batch size {past.batch_size}, the input has {B}")
         past_len = past.length if past is not None else 0
 
@@ -595,13 +599,16 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         if use_cache and past is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
             past = KVCache.for_model(config, B, T, self.embed_in.weight.dtype, device)
-        return self.core(
+        out = self.core(
             input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             cache=past,
             head_mask=head_mask,
             output_attentions=config.output_attentions if output_attentions is None else output_attentions,
             output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
         )
+        if foreign is not None:
+            out["past_key_values"] = foreign
+        return out
 
     def _head_mask(self, head_mask: torch.Tensor) -> torch.Tensor:
         L, H = self.config.num_hidden_layers, self.config.num_attention_heads
