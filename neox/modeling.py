@@ -776,6 +776,24 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         """Decode; see :func:`neox.generation.generate` for the arguments."""
         return generate(self, *args, **kwargs)
 
+    def _client_changed_steps(self) -> bool:
+        """Whether a client changed how one step runs: ``forward`` or ``prepare_inputs_for_generation``
+        wrapped on this instance (PEFT's prompt learning, accelerate's hooks, a compiled forward) or
+        overridden in a subclass or on the class, or forward hooks registered. generate() then calls
+        them each step as transformers does, instead of running the core directly."""
+        own = self.__dict__
+        cls = type(self)
+        return bool(
+            "forward" in own or "prepare_inputs_for_generation" in own
+            or cls.forward is not _OWN_STEP_METHODS["forward"]
+            or getattr(cls, "prepare_inputs_for_generation", None) is not _OWN_STEP_METHODS["prepare_inputs_for_generation"]
+            or self._forward_hooks or self._forward_pre_hooks
+        )
+
+
+# The step methods as defined here, captured before any client can patch the class.
+_OWN_STEP_METHODS = {name: getattr(GPTNeoXForCausalLM, name, None) for name in ("forward", "prepare_inputs_for_generation")}
+
 
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
@@ -796,5 +814,10 @@ def causal_lm_loss(
 
 def _pick_cache(past_key_values: Any, cache: Any) -> Any:
     if past_key_values is not None and cache is not None and past_key_values is not cache:
-        raise ValueError("pass the cache as past_key_values or as cache, not both")
+        # transformers 5.24 (its deprecate_kwarg) uses `cache` and drops `past_key_values`, with a
+        # warning; clients rely on it (PEFT 0.21's prefix tuning adds its prefix as past_key_values
+        # next to generate()'s cache, and transformers then decodes without the prefix).
+        logger.warning("Both `past_key_values` and `cache` are set: using `cache` and ignoring `past_key_values`, "
+                       "as transformers does")
+        return cache
     return past_key_values if past_key_values is not None else cache
