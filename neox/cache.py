@@ -201,3 +201,10 @@ class CacheProtocolAdapter:
 
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search), with the wrapped cache's own ``reorder_cache``."""
+        reorder = getattr(self.cache, "reorder_cache", None)
+        if reorder is None:
+            raise ValueError(f"beam search needs past_key_values with reorder_cache(); {type(self.cache).__name__} has none")
+        reorder(index)

@@ -562,7 +562,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
                 self._warned_checkpointing_cache = True
             use_cache = False
         foreign = None  # a transformers Cache passed in: updated in place and handed back, as transformers does
-        if past is not None and not isinstance(past, KVCache):
+        if past is not None and not isinstance(past, (KVCache, CacheProtocolAdapter)):
             if is_cache_protocol(past):
                 foreign, past = past, CacheProtocolAdapter(past)
             else:
@@ -713,6 +713,49 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
     def can_generate(self) -> bool:
         return True
 
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        next_sequence_length: int | None = None,
+        cache: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The keyword arguments of one ``forward`` call in a decode loop, as transformers 5 builds them.
+
+        ``input_ids`` is cut to its last ``next_sequence_length`` tokens (or ``inputs_embeds`` is used on
+        the first iteration), ``position_ids`` to the same length; the cache and mask pass through,
+        and every other keyword (but ``labels``) is forwarded to ``forward`` as is, so an argument
+        ``forward`` does not know still fails there by name.
+        """
+        cache = _pick_cache(past_key_values, cache)
+        model_inputs: dict[str, Any] = {}
+        if inputs_embeds is not None and is_first_iteration:
+            embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length is not None else inputs_embeds
+            model_inputs["input_ids"] = None
+            model_inputs["inputs_embeds"] = embeds.clone(memory_format=torch.contiguous_format)
+            T = embeds.shape[1]
+        else:
+            ids = input_ids[:, -next_sequence_length:] if next_sequence_length is not None else input_ids
+            model_inputs["input_ids"] = ids.clone(memory_format=torch.contiguous_format)
+            T = ids.shape[1]
+        if cache is not None:
+            model_inputs["cache"] = cache
+        position_ids = kwargs.pop("position_ids", None)
+        if position_ids is not None:
+            if position_ids.shape[-1] != T:
+                position_ids = position_ids[..., -T:].clone(memory_format=torch.contiguous_format)
+            model_inputs["position_ids"] = position_ids
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        for key, value in kwargs.items():
+            if key not in ("labels", "next_sequence_length"):
+                model_inputs[key] = value
+        return model_inputs
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -781,14 +824,15 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         wrapped on this instance (PEFT's prompt learning, accelerate's hooks, a compiled forward) or
         overridden in a subclass or on the class, or forward hooks registered. generate() then calls
         them each step as transformers does, instead of running the core directly."""
-        own = self.__dict__
-        cls = type(self)
-        return bool(
-            "forward" in own or "prepare_inputs_for_generation" in own
-            or cls.forward is not _OWN_STEP_METHODS["forward"]
-            or getattr(cls, "prepare_inputs_for_generation", None) is not _OWN_STEP_METHODS["prepare_inputs_for_generation"]
-            or self._forward_hooks or self._forward_pre_hooks
-        )
+        if self._forward_hooks or self._forward_pre_hooks:
+            return True
+        for name, own in _OWN_STEP_METHODS.items():
+            method = getattr(self, name, None)
+            # A bound method of our own function (PEFT stores one back on the instance after a call)
+            # is no change; anything else on the instance or the class is.
+            if getattr(method, "__func__", None) is not own or getattr(method, "__self__", None) is not self:
+                return True
+        return False
 
 
 # The step methods as defined here, captured before any client can patch the class.
