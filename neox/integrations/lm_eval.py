@@ -124,9 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate  # the client's own CLI, imported only when run
 
     register()
+    saved = sys.argv  # lm-eval's CLI parses (and edits) sys.argv itself
     if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+        sys.argv = [saved[0], *argv]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":
