@@ -33,14 +33,13 @@ class ClientSteps:
 
     def __init__(self, model: Any, run: Any) -> None:
         self.run = run
+        # transformers decides by the forward's signature which of these it builds.
         params = inspect.signature(model.forward).parameters
-        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         kwargs: dict[str, Any] = {}
         prompt = run.prompt_len
-        if "attention_mask" in params or takes_kwargs:
-            # transformers drops an all-ones mask before the loop (run.mask is None then).
-            kwargs["attention_mask"] = run.mask[:, :prompt].clone() if run.mask is not None else None
-        if "position_ids" in params or takes_kwargs:
+        # transformers drops an all-ones mask before the loop (run.mask is None then).
+        kwargs["attention_mask"] = run.mask[:, :prompt].clone() if run.mask is not None else None
+        if "position_ids" in params:
             if run.positions is not None:
                 kwargs["position_ids"] = run.positions[:, :prompt].clone()
             else:
