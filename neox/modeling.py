@@ -110,13 +110,20 @@ class RotaryEmbedding(nn.Module):
         return inv_freq
 
     def reset_parameters(self, device: torch.device | None = None) -> None:
+        """Recompute the frequencies (on ``device``, default where the buffer already is)."""
+        if device is None and not self.inv_freq.is_meta:
+            device = self.inv_freq.device
         self.inv_freq = self._inv_freq(self.base, device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "RotaryEmbedding":
-        # model.to(bfloat16) / .half() cast buffers too: in bf16, 0.1 becomes 0.10009765625 and the
-        # angle at position 4000 is off by 0.4 rad. The frequencies stay fp32, recomputed exactly.
+        # Every .to() / .half() / .to_empty() / .cuda() lands here, and the frequencies are always
+        # recomputed afterwards, exactly, in fp32, on the buffer's new device:
+        # - .to_empty() (meta-device init, FSDP2) leaves uninitialised memory in this buffer, and
+        #   no state dict refills it (non-persistent): logits would be silently wrong;
+        # - .to(bfloat16) casts buffers too: in bf16, 0.1 becomes 0.10009765625 and the angle at
+        #   position 4000 is off by 0.4 rad.
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
+        if not self.inv_freq.is_meta:
             self.inv_freq = self._inv_freq(self.base, self.inv_freq.device)
         return self
 
