@@ -30,6 +30,10 @@ from .checkpoint import (
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import HubOptions, resolve_file
+from .parallel import (
+    apply_tp_plan, full_state_dict, is_distributed, iter_local_tensors, mesh_device, model_class_name,
+    resolve_mesh, resolve_tp_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,12 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     output_loading_info = kwargs.pop("output_loading_info", False)
     attn_implementation = kwargs.pop("attn_implementation", None)
     use_safetensors = kwargs.pop("use_safetensors", None)
+    # Tensor parallelism, as transformers spells it (tp_size or device_mesh alone mean the "auto" plan).
+    tp_plan, tp_size, device_mesh = kwargs.pop("tp_plan", None), kwargs.pop("tp_size", None), kwargs.pop("device_mesh", None)
+    if tp_plan is None and (tp_size is not None or device_mesh is not None):
+        tp_plan = "auto"
+    if tp_plan is not None and device_arg is not None:
+        raise ValueError("tp_plan puts each rank's shards on its own device (the mesh's): do not pass device_map")
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
 
@@ -141,17 +151,29 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     if use_safetensors is False:
         logger.info("use_safetensors=False: neox still prefers safetensors files when present")
     dtype = resolve_dtype(dtype, files, config)
-    device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
+    mesh = resolve_mesh(device_mesh, tp_size) if tp_plan is not None else None
+    if mesh is not None:
+        device = mesh_device(mesh)
+    else:
+        device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
 
     with torch.device("meta"):
         model = cls(config)
+    if mesh is not None:  # sharded while still on the meta device: parameters become (meta) DTensors
+        apply_tp_plan(model, resolve_tp_plan(model, tp_plan), mesh)
     expected = dict(model.state_dict(keep_vars=True))
     prefix = cls.base_model_prefix
     is_base = not hasattr(model, prefix)  # GPTNeoXModel has no `gpt_neox` child
 
+    if mesh is not None:  # each rank reads its own slices only
+        tensors = iter_local_tensors(
+            files, lambda key: expected.get(_target_key(key, prefix, is_base, expected) or ""), dtype, device
+        )
+    else:
+        tensors = _iter_tensors(files, dtype, device)
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for path, key, tensor in _iter_tensors(files, dtype, device):
+    for path, key, tensor in tensors:
         target = _target_key(key, prefix, is_base, expected)
         if target is None:
             continue
@@ -168,6 +190,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
     missing = [k for k in expected if k not in loaded and k not in tied]
+    if mesh is not None and is_distributed({k: expected[k] for k in missing}):
+        raise ValueError(f"tensor-parallel loading: the checkpoint lacks the sharded weights {missing}")
     model.load_state_dict(loaded, strict=False, assign=True)
     _materialize_missing(model, missing, dtype, device)
     for module in model.modules():
@@ -315,10 +339,26 @@ def save_pretrained(
     save_directory: Path,
     max_shard_size: int | str = "5GB",
     state_dict: dict[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
 ) -> None:
     if save_directory.exists() and not save_directory.is_dir():
         raise ValueError(f"save_pretrained: {save_directory} exists and is not a folder")
     state = dict(state_dict if state_dict is not None else model.state_dict())
+    if is_distributed(state):
+        # Sharded by TP or FSDP2: every rank takes part in gathering each tensor; rank 0 alone
+        # keeps the full tensors and writes them, the others wait for it to finish.
+        writer = is_main_process and torch.distributed.get_rank() == 0
+        state = full_state_dict(state, keep=writer)
+        if writer:
+            _write_pretrained(model, save_directory, max_shard_size, state)
+        torch.distributed.barrier()
+        return
+    if is_main_process:
+        _write_pretrained(model, save_directory, max_shard_size, state)
+
+
+def _write_pretrained(model: nn.Module, save_directory: Path, max_shard_size: int | str,
+                      state: dict[str, torch.Tensor]) -> None:
     if model.config.tie_word_embeddings:
         state.pop("embed_out.weight", None)  # tied to embed_in; transformers saves it once, too
     for key, tensor in state.items():
@@ -332,7 +372,7 @@ def save_pretrained(
         seen.add(ptr)
 
     config = model.config
-    config.architectures = [type(model).__name__]
+    config.architectures = [model_class_name(model)]
     config.dtype = str(model.dtype).removeprefix("torch.")
     files = {CONFIG_NAME: config.to_json_string()}
     if getattr(model, "generation_config", None) is not None:

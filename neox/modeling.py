@@ -513,9 +513,10 @@ class GPTNeoXPreTrainedModel(nn.Module):
         """Write config.json, generation_config.json and safetensors weights, atomically."""
         if not safe_serialization:
             raise ValueError("neox saves safetensors only (safe_serialization=False is not supported)")
-        if not is_main_process:
-            return
-        save_pretrained(self, Path(save_directory), max_shard_size=max_shard_size, state_dict=state_dict)
+        # A model sharded by tensor parallelism or FSDP2: call this on every rank (the weights are
+        # gathered collectively); rank 0 writes.
+        save_pretrained(self, Path(save_directory), max_shard_size=max_shard_size, state_dict=state_dict,
+                        is_main_process=is_main_process)
 
 
 class GPTNeoXModel(GPTNeoXPreTrainedModel):
