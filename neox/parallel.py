@@ -19,9 +19,9 @@ LayerNorms and biases of row-wise layers are replicated. Every rank ends up with
 hidden states and the same (bitwise) logits, so greedy decoding agrees across ranks, and
 sampling does when every rank seeds its generator alike.
 
-Loading under a plan reads only this rank's slice of each sharded tensor from the safetensors
-files (``safe_open(...).get_slice``); replicated tensors are read whole. No rank ever holds the
-full model.
+Loading under a plan reads only this rank's block of each sharded tensor from the safetensors
+files (plain reads at the block's offsets); replicated tensors are read whole. No rank ever holds
+the full model.
 
 FSDP2: :func:`fully_shard_model` shards each ``_no_split_modules`` block, then the root.
 :func:`full_state_dict` gathers DTensor state (TP or FSDP2) to plain tensors for saving.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checkpoint import CheckpointError, check_safetensors_header
 from .config import GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
@@ -206,6 +208,16 @@ def local_slice(param: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(index)
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+#: Rows read per step when a column block is cut out of a row-major tensor.
+_STAGING_BYTES = 16 * 2**20
+
+
 def iter_local_tensors(
     files: list[Path],
     target: Callable[[str], torch.Tensor | None],
@@ -215,11 +227,14 @@ def iter_local_tensors(
     """(file, key, tensor) for every checkpoint tensor, reading only this rank's part of each.
 
     ``target(key)`` is the model's (meta) parameter the key loads into, or None. Where that is a
-    DTensor, only its local block is read (``get_slice``) and a DTensor with the parameter's
-    placements and global shape comes back; otherwise the whole tensor, as a plain tensor.
-    """
-    from safetensors import safe_open
+    DTensor, only its local block is read and a DTensor with the parameter's placements and
+    global shape comes back; otherwise the whole tensor, as a plain tensor.
 
+    Plain file reads, not a memory map: a map would leave the pages it touched (and the pages
+    around them) resident in this process, up to the whole file, where a rank should hold 1/W.
+    A row block is one read; a column block (row-wise layers split their input features) is cut
+    from 16 MiB runs of rows through one reused buffer.
+    """
     dt = _dtensor()
     for path in files:
         if not path.name.endswith(".safetensors"):
@@ -227,23 +242,59 @@ def iter_local_tensors(
                 f"{path.name}: tensor-parallel loading reads slices of safetensors files; convert the "
                 "checkpoint once with save_pretrained (safetensors) and load that"
             )
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
+        header = check_safetensors_header(path)
+        with open(path, "rb") as f:
+            base = 8 + int.from_bytes(f.read(8), "little")
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                src = _SAFETENSORS_DTYPES.get(info["dtype"])
+                if src is None:
+                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+                shape = tuple(info["shape"])
                 param = target(key)
-                part = handle.get_slice(key)
-                index = local_slice(param) if param is not None else None
-                tensor = part[index] if index is not None else part[:]
-                tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+                index = local_slice(param) if param is not None and tuple(param.shape) == shape else None
+                block = _read_block(f, path, key, base + info["data_offsets"][0], shape, src, index)
+                block = block.to(device=device, dtype=dtype if src.is_floating_point else src)
                 if index is not None:
-                    shape = tuple(part.get_shape())
-                    if shape == tuple(param.shape):  # else the caller reports the mismatch by name
-                        tensor = dt.DTensor.from_local(
-                            tensor.contiguous(), param.device_mesh, param.placements, run_check=False,
-                            shape=param.shape, stride=param.stride(),
-                        )
-                    else:
-                        tensor = torch.empty(shape, dtype=tensor.dtype, device="meta")
-                yield path, key, tensor
+                    block = dt.DTensor.from_local(block, param.device_mesh, param.placements, run_check=False,
+                                                  shape=param.shape, stride=param.stride())
+                yield path, key, block
+
+
+def _read_block(f: Any, path: Path, key: str, offset: int, shape: tuple[int, ...], src: torch.dtype,
+                index: tuple[slice, ...] | None) -> torch.Tensor:
+    """tensor[index] (or the whole tensor) read from the file, as a new contiguous CPU tensor."""
+    itemsize = torch.empty((), dtype=src).element_size()
+    split = [d for d, s in enumerate(index or ()) if s != slice(None)]
+    if len(split) > 1:
+        raise ValueError(f"{key}: cannot read a block split along several dimensions {split}")
+    d = split[0] if split else 0
+    lo, hi = (index[d].start, index[d].stop) if split else (0, shape[0] if shape else 1)
+    inner = math.prod(shape[d + 1:])  # elements after the split dimension, per index along it
+    if d == 0 or not split:  # a row block: one contiguous byte range
+        out = torch.empty((hi - lo, *shape[1:]) if shape else (), dtype=src)
+        f.seek(offset + lo * inner * itemsize)
+        _read_into(f, out, path, key)
+        return out
+    outer = math.prod(shape[:d])  # runs of the split dimension: rows, for a (R, C) column split
+    out = torch.empty(*shape[:d], hi - lo, *shape[d + 1:], dtype=src)
+    rows_per_read = max(1, _STAGING_BYTES // (shape[d] * inner * itemsize))
+    staging = torch.empty(min(rows_per_read, outer) * shape[d] * inner, dtype=src)
+    flat_out = out.view(outer, hi - lo, inner)
+    f.seek(offset)
+    for r in range(0, outer, rows_per_read):
+        n = min(rows_per_read, outer - r)
+        run = staging[: n * shape[d] * inner]
+        _read_into(f, run, path, key)
+        flat_out[r : r + n] = run.view(n, shape[d], inner)[:, lo:hi]
+    return out
+
+
+def _read_into(f: Any, out: torch.Tensor, path: Path, key: str) -> None:
+    buffer = out.reshape(-1).view(torch.uint8)
+    if buffer.numel() and f.readinto(memoryview(buffer.numpy())) != buffer.numel():
+        raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
 
 
 # ============================================================================== FSDP2 and saving

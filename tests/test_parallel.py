@@ -6,7 +6,13 @@ properties against a single-process reference model built from the same checkpoi
 
 from __future__ import annotations
 
+import os
+import socket
+from typing import Any, Callable
+
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from conftest import make_tiny_config, randomize_
 from neox import GPTNeoXForCausalLM
@@ -31,3 +37,74 @@ def test_meta_init_then_to_empty_gives_exact_logits():
     # a cast keeps the frequencies fp32 and exact
     model.to(torch.bfloat16)
     assert torch.equal(model.gpt_neox.rotary_emb.inv_freq, ref.gpt_neox.rotary_emb.inv_freq)
+
+
+# ============================================================================== two gloo processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Callable[..., None], *args: Any, world: int = 2) -> None:
+    """Run fn(rank, *args) in ``world`` fresh processes joined by gloo; a failure in any raises."""
+    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+
+def _tp_worker(rank: int, folder: str) -> None:
+    ref = GPTNeoXForCausalLM.from_pretrained(folder)
+    tp = GPTNeoXForCausalLM.from_pretrained(folder, tp_plan="auto")
+    H = ref.config.num_attention_heads
+    Hl = tp.num_local_heads
+    assert Hl == H // 2
+    mine = slice(rank * Hl, (rank + 1) * Hl)  # the fused QKV's row block r holds heads r·H/W …
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, ref.config.vocab_size, (2, 7), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    with torch.no_grad():
+        # logits, with and without padding
+        assert (tp(ids).logits - ref(ids).logits).abs().max() <= 1e-5
+        assert (tp(ids, attention_mask=mask).logits - ref(ids, attention_mask=mask).logits).abs().max() <= 1e-5
+        # the cache holds this rank's heads: the reference cache's slice
+        got, want = tp(ids, use_cache=True).past_key_values, ref(ids, use_cache=True).past_key_values
+        assert got.keys[0].shape[1] == Hl
+        for layer in range(len(want)):
+            for a, b in zip(got[layer], want[layer]):
+                assert (a - b[:, mine]).abs().max() <= 1e-5
+        # attention probabilities of local heads; head_mask over all heads
+        a_tp = tp(ids, output_attentions=True).attentions
+        a_ref = ref(ids, output_attentions=True).attentions
+        assert all((a - b[:, mine]).abs().max() <= 1e-5 for a, b in zip(a_tp, a_ref))
+        hm = torch.rand(ref.config.num_hidden_layers, H, generator=gen)
+        assert (tp(ids, head_mask=hm).logits - ref(ids, head_mask=hm).logits).abs().max() <= 1e-5
+        # decoding: greedy, with the static cache, and sampling with every rank seeded alike
+        greedy = ref.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        assert torch.equal(tp.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), greedy)
+        assert torch.equal(tp.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                                       cache_implementation="static"), greedy)
+        torch.manual_seed(5)
+        sampled = ref.generate(ids, max_new_tokens=8, do_sample=True, top_k=20)
+        torch.manual_seed(5)
+        assert torch.equal(tp.generate(ids, max_new_tokens=8, do_sample=True, top_k=20), sampled)
+        every = [torch.empty_like(sampled) for _ in range(2)]
+        dist.all_gather(every, sampled)
+        assert torch.equal(every[0], every[1])
+
+
+def test_tensor_parallel_matches_one_process(save_neox_model):
+    folder, _ = save_neox_model()
+    spawn(_tp_worker, str(folder))
