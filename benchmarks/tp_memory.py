@@ -7,7 +7,8 @@ for W = 1 and W = --nproc runs ``torchrun --nproc-per-node W`` on this file: eve
 neox and starts its process group and device mesh (the baseline), then loads with
 ``tp_plan="auto"``. A rank reports its ``ru_maxrss`` growth over the baseline (CPU) or its peak
 CUDA allocation (CUDA, NCCL), next to the bytes of the shards it holds, and again after reading
-every weight once (a zero-copy load of a whole tensor maps the file lazily). One JSON line per rank.
+every weight once (a zero-copy load of a whole tensor maps the file lazily). Rank 0 then checks
+the TP logits against the model loaded on one device. One JSON line per rank.
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ def rank_main(folder: str, dtype_name: str) -> None:
            "after_touching_mb": round(touched), "load_s": round(seconds, 2)}
     if cuda:
         row["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    # Correctness on this backend: rank 0 compares the TP logits with the model on one device.
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(ids.to(model.device)).logits.float()
+        if dist.get_rank() == 0:
+            one = GPTNeoXForCausalLM.from_pretrained(folder, dtype=dtype_name, device_map=str(model.device))
+            row["max_abs_diff_vs_one_device"] = float((one(ids.to(one.device)).logits.float() - logits).abs().max())
     print(json.dumps(row), flush=True)
+    dist.barrier()
     dist.destroy_process_group()
 
 

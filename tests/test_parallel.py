@@ -82,6 +82,7 @@ def _tp_worker(rank: int, folder: str) -> None:
         # logits, with and without padding
         assert (tp(ids).logits - ref(ids).logits).abs().max() <= 1e-5
         assert (tp(ids, attention_mask=mask).logits - ref(ids, attention_mask=mask).logits).abs().max() <= 1e-5
+        assert abs(tp(ids, labels=ids).loss - ref(ids, labels=ids).loss) <= 1e-5
         # the cache holds this rank's heads: the reference cache's slice
         got, want = tp(ids, use_cache=True).past_key_values, ref(ids, use_cache=True).past_key_values
         assert got.keys[0].shape[1] == Hl
