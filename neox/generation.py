@@ -1093,13 +1093,13 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
     capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
     dtype = model.embed_out.weight.dtype
     if options is None:
-        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        cache = KVCache.for_model(model, N, capacity, dtype, device)
         return _StaticDecode(cache, _static_step, compiled=False, describe="eager")
     state = _STATIC_STATE.setdefault(model, {"cache": None, "steps": {}})
     cache = state["cache"]
     if (cache is None or cache.batch_size != N or cache.capacity != capacity or cache.keys[0].dtype != dtype
             or cache.keys[0].device != device):
-        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        cache = KVCache.for_model(model, N, capacity, dtype, device)
         if device.type == "cuda":
             for t in (*cache.keys, *cache.values):
                 torch._dynamo.mark_static_address(t)  # CUDA graphs may then write it in place
@@ -1464,7 +1464,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
     if cache is None and use_cache:  # (a user's past is already the cache)
         from .cache import KVCache
 
-        cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
+        cache = KVCache.for_model(model, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
 
     # 6. Buffers: the sequence, and (only when needed) the attention mask and position ids.
     seq = torch.empty(N, max_length, dtype=torch.long, device=device)
