@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -40,6 +41,57 @@ def test_meta_init_then_to_empty_gives_exact_logits():
     # a cast keeps the frequencies fp32 and exact
     model.to(torch.bfloat16)
     assert torch.equal(model.gpt_neox.rotary_emb.inv_freq, ref.gpt_neox.rotary_emb.inv_freq)
+
+
+# ============================================================================== one process: plans and reads
+
+
+def test_auto_plan_uses_transformers_keys_under_the_base_prefix(hf):
+    from neox import GPTNeoXModel
+    from neox.parallel import resolve_tp_plan
+
+    config = make_tiny_config()
+    with torch.device("meta"):
+        lm, base = GPTNeoXForCausalLM(config), GPTNeoXModel(config)
+    theirs = hf.GPTNeoXConfig.base_model_tp_plan
+    assert config.base_model_tp_plan == theirs
+    assert resolve_tp_plan(lm, "auto") == {**{f"gpt_neox.{k}": v for k, v in theirs.items()},
+                                           "embed_out": "colwise_gather_output"}
+    assert resolve_tp_plan(base, "auto") == theirs
+    with pytest.raises(ValueError, match="styles"):
+        resolve_tp_plan(lm, {"embed_out": "sequence_parallel"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_ranks_block_read_from_the_file_is_the_slice_of_the_tensor(tmp_path, monkeypatch, dtype):
+    from safetensors.torch import save_file
+
+    import neox.parallel as parallel
+
+    monkeypatch.setattr(parallel, "_STAGING_BYTES", 64)  # several runs of rows per column block
+    full = {"w": torch.randn(7, 10).to(dtype), "b": torch.randn(9).to(dtype)}
+    save_file(full, str(tmp_path / "m.safetensors"))
+    header = parallel.check_safetensors_header(tmp_path / "m.safetensors")
+    with open(tmp_path / "m.safetensors", "rb") as f:
+        base = 8 + int.from_bytes(f.read(8), "little")
+        for key, index in [("w", (slice(2, 5), slice(None))), ("w", (slice(None), slice(3, 8))),
+                           ("w", None), ("b", (slice(5, 9),))]:
+            info = header[key]
+            got = parallel._read_block(f, tmp_path, key, base + info["data_offsets"][0], tuple(info["shape"]),
+                                       dtype, index)
+            assert torch.equal(got, full[key][index] if index else full[key])
+
+
+def test_tp_plan_outside_torchrun_and_indivisible_heads_are_clear_errors(save_neox_model, monkeypatch):
+    folder, _ = save_neox_model()
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        GPTNeoXForCausalLM.from_pretrained(folder, tp_plan="auto")
+    from neox.parallel import _check_divisible
+
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        _check_divisible(make_tiny_config(num_attention_heads=4, hidden_size=32), 3)
 
 
 # ============================================================================== two gloo processes
