@@ -203,6 +203,19 @@ def _fsdp_worker(rank: int, folder: str, out: str) -> None:
             ref_opt.zero_grad()
             got = ex.train_step(model, opt, ex.collate(examples[rank * B : (rank + 1) * B], 0))
             assert abs(got - want.item()) <= 1e-5, (padded, checkpointing, got, want.item())
+    # a resumable sharded checkpoint (torch.distributed.checkpoint) continues the same run
+    ex.save_resumable(out + "-dcp", model, opt, step=3)
+    resumed = ex.load_sharded(folder, torch.device("cpu"), gradient_checkpointing=True)
+    resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=1e-3)
+    assert ex.load_resumable(out + "-dcp", resumed, resumed_opt) == 3
+    examples = global_batches(True)[0]
+    batch = ex.collate(examples[rank * B : (rank + 1) * B], 0)
+    for _ in range(2):
+        assert ex.train_step(resumed, resumed_opt, batch) == ex.train_step(model, opt, batch)
+        ref(**ex.collate(examples, 0)).loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        ref_opt.step()
+        ref_opt.zero_grad()
     # the gathered save: rank 0 writes, and it loads back bitwise
     model.save_pretrained(out)
     gathered = full_state_dict(model.state_dict())
