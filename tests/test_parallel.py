@@ -152,6 +152,8 @@ def _tp_worker(rank: int, folder: str) -> None:
         assert torch.equal(tp.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False), greedy)
         assert torch.equal(tp.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                                        cache_implementation="static"), greedy)
+        beams = ref.generate(ids, max_new_tokens=5, num_beams=3, do_sample=False)
+        assert torch.equal(tp.generate(ids, max_new_tokens=5, num_beams=3, do_sample=False), beams)
         torch.manual_seed(5)
         sampled = ref.generate(ids, max_new_tokens=8, do_sample=True, top_k=20)
         torch.manual_seed(5)
