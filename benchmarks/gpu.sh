@@ -4,7 +4,8 @@
 #   2. the benchmark at the pythia-410m shape (fp16: decode batch 1 and 8, prefill, training);
 #   3. the benchmark at the gpt-neox-20b shape (fp16, random weights written on the GPU tensor by
 #      tensor: decode batch 1 and 8, prefill; no training, its AdamW state would not fit);
-#   4. one summary table of both, with the HBM roofline.
+#   4. one summary table of both, with the HBM roofline;
+#   5. with 2+ GPUs: tensor parallelism over 2 of them (memory per rank, logits vs one GPU, generate).
 #
 #   bash benchmarks/gpu.sh                      # from anywhere; results in benchmarks/results/gpu/
 #
@@ -110,6 +111,18 @@ if [ ${#files[@]} -gt 0 ]; then
     python3 benchmarks/bench.py --summarize "${files[@]}" | tee "$RESULTS/summary.txt"
 else
     echo "no results to summarise"; status=1
+fi
+echo
+echo "== 5. tensor parallelism over 2 GPUs (NCCL): load memory per rank, logits vs one GPU, generate"
+ngpu=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$DEVICE" = cuda ] && [ "$ngpu" -lt 2 ]; then
+    echo "skipped: $ngpu GPU(s) here, tensor parallelism needs 2"
+else
+    # On CPU (BENCH_DEVICE=cpu) the same commands run 2 gloo processes.
+    timeout 900 python3 benchmarks/tp_memory.py --dtype "$DTYPE" --dir "$CKPT_DIR" 2>&1 \
+        | grep '^{' | tee "$RESULTS/tp-memory.jsonl" | grep -q . || { echo "TP MEMORY CHECK FAILED"; status=1; }
+    timeout 300 python3 -m torch.distributed.run --nproc-per-node 2 examples/tp_generate.py --max-new-tokens 32 \
+        || { echo "TP GENERATE FAILED (rc $?)"; status=1; }
 fi
 echo "total $(( $(date +%s) - t0 )) s; JSON and summary.txt in $RESULTS"
 exit $status

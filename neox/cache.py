@@ -11,6 +11,7 @@ tensor parallelism), hs head size.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -47,10 +48,19 @@ class KVCache:
 
     @classmethod
     def for_model(
-        cls, config: GPTNeoXConfig, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device
+        cls, model: Any, batch_size: int, capacity: int, dtype: torch.dtype, device: torch.device
     ) -> "KVCache":
-        return cls(config.num_hidden_layers, batch_size, config.num_attention_heads, config.head_size,
-                   capacity, dtype, device)
+        """An empty cache for ``model``: its layers, and the heads this process computes.
+
+        Under tensor parallelism a rank computes (and caches) only its own heads, so the count
+        comes from the model (``model.num_local_heads``), never from the config's global count.
+        A bare :class:`GPTNeoXConfig` is accepted too and means every head.
+        """
+        if isinstance(model, GPTNeoXConfig):
+            config, heads = model, model.num_attention_heads
+        else:
+            config, heads = model.config, model.num_local_heads
+        return cls(config.num_hidden_layers, batch_size, heads, config.head_size, capacity, dtype, device)
 
     @classmethod
     def from_legacy_cache(

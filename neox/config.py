@@ -82,6 +82,14 @@ class GPTNeoXConfig:
     name_or_path: str = ""
 
     model_type = "gpt_neox"
+    #: Tensor-parallel plan of the base model, transformers' keys and style names (neox.parallel).
+    base_model_tp_plan: ClassVar[dict[str, str]] = {
+        "embed_in": "embedding_rowwise",
+        "layers.*.attention.query_key_value": "colwise",
+        "layers.*.attention.dense": "rowwise",
+        "layers.*.mlp.dense_h_to_4h": "colwise",
+        "layers.*.mlp.dense_4h_to_h": "rowwise",
+    }
     #: transformers' PreTrainedConfig class attributes that clients read (a decoder-only model
     #: with no nested configs).
     is_encoder_decoder = False

@@ -31,6 +31,10 @@ from .checkpoint import (
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import HubOptions, resolve_file
+from .parallel import (
+    apply_tp_plan, full_state_dict, is_distributed, iter_local_tensors, mesh_device, model_class_name,
+    resolve_mesh, resolve_tp_plan,
+)
 from .placement import Placement, is_device_map, plan_placement
 
 logger = logging.getLogger(__name__)
@@ -141,6 +145,12 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     output_loading_info = kwargs.pop("output_loading_info", False)
     attn_implementation = kwargs.pop("attn_implementation", None)
     use_safetensors = kwargs.pop("use_safetensors", None)
+    # Tensor parallelism, as transformers spells it (tp_size or device_mesh alone mean the "auto" plan).
+    tp_plan, tp_size, device_mesh = kwargs.pop("tp_plan", None), kwargs.pop("tp_size", None), kwargs.pop("device_mesh", None)
+    if tp_plan is None and (tp_size is not None or device_mesh is not None):
+        tp_plan = "auto"
+    if tp_plan is not None and device_arg is not None:
+        raise ValueError("tp_plan puts each rank's shards on its own device (the mesh's): do not pass device_map")
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
     adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}  # transformers' Auto classes always pass it
@@ -177,15 +187,23 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
         read = partial(_iter_tensors, files, dtype)
         paths = {f.name: f for f in files}
     else:
+        if tp_plan is not None:
+            raise ValueError("tp_plan reads each rank's slices from the checkpoint files; it cannot take a state_dict")
         if dtype is None or dtype == "auto":
             dtype = config.dtype or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
         dtype = resolve_dtype(dtype, None, config)
         weight_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
         read = partial(_iter_state_dict, state_dict, dtype)
-    device = torch.device("cpu") if placed else resolve_device(device_arg, weight_bytes=weight_bytes)
+    mesh = resolve_mesh(device_mesh, tp_size) if tp_plan is not None else None
+    if mesh is not None:
+        device = mesh_device(mesh)
+    else:
+        device = torch.device("cpu") if placed else resolve_device(device_arg, weight_bytes=weight_bytes)
 
     with torch.device("meta"):
         model = cls(config)
+    if mesh is not None:  # sharded while still on the meta device: parameters become (meta) DTensors
+        apply_tp_plan(model, resolve_tp_plan(model, tp_plan), mesh)
     placement: Placement | None = None
     if not placed and (max_memory is not None or offload_folder is not None):
         logger.warning("max_memory and offload_folder apply only with a device_map dict or 'auto'/'balanced'/"
@@ -193,11 +211,16 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     if placed:  # a map over devices and disk (neox.placement); a map to one device reads straight onto it
         placement = plan_placement(model, device_arg, dtype=dtype, max_memory=max_memory, offload_folder=offload_folder)
         device = placement.single_device or device
-    tensors = read(device)
     expected = dict(model.state_dict(keep_vars=True))
     prefix = cls.base_model_prefix
     is_base = not hasattr(model, prefix)  # GPTNeoXModel has no `gpt_neox` child
 
+    if mesh is not None:  # each rank reads its own slices only
+        tensors = iter_local_tensors(
+            files, lambda key: expected.get(_target_key(key, prefix, is_base, expected) or ""), dtype, device
+        )
+    else:
+        tensors = read(device)
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     mismatched: list[tuple[str, torch.Size, torch.Size]] = []
@@ -221,6 +244,9 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
     missing = [k for k in expected if k not in loaded and k not in tied and k not in {m[0] for m in mismatched}]
+    fresh = missing + [m[0] for m in mismatched]
+    if mesh is not None and is_distributed({k: expected[k] for k in fresh}):
+        raise ValueError(f"tensor-parallel loading: the checkpoint lacks the sharded weights {fresh}")
     model.load_state_dict(loaded, strict=False, assign=True)
     _materialize_missing(model, missing + [m[0] for m in mismatched], dtype, device)
     for module in model.modules():
@@ -389,10 +415,26 @@ def save_pretrained(
     save_directory: Path,
     max_shard_size: int | str = "5GB",
     state_dict: dict[str, torch.Tensor] | None = None,
+    is_main_process: bool = True,
 ) -> None:
     if save_directory.exists() and not save_directory.is_dir():
         raise ValueError(f"save_pretrained: {save_directory} exists and is not a folder")
     state = dict(state_dict if state_dict is not None else model.state_dict())
+    if is_distributed(state):
+        # Sharded by TP or FSDP2: every rank takes part in gathering each tensor; rank 0 alone
+        # keeps the full tensors and writes them, the others wait for it to finish.
+        writer = is_main_process and torch.distributed.get_rank() == 0
+        state = full_state_dict(state, keep=writer)
+        if writer:
+            _write_pretrained(model, save_directory, max_shard_size, state)
+        torch.distributed.barrier()
+        return
+    if is_main_process:
+        _write_pretrained(model, save_directory, max_shard_size, state)
+
+
+def _write_pretrained(model: nn.Module, save_directory: Path, max_shard_size: int | str,
+                      state: dict[str, torch.Tensor]) -> None:
     if model.config.tie_word_embeddings:
         state.pop("embed_out.weight", None)  # tied to embed_in; transformers saves it once, too
     for key, tensor in state.items():
@@ -412,7 +454,7 @@ def save_pretrained(
 def metadata_files(model: nn.Module) -> dict[str, str]:
     """config.json and generation_config.json as save_pretrained writes them beside the weights."""
     config = model.config
-    config.architectures = [type(model).__name__]
+    config.architectures = [model_class_name(model)]
     config.dtype = model.dtype
     files = {CONFIG_NAME: config.to_json_string()}
     if getattr(model, "generation_config", None) is not None:

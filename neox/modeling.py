@@ -112,13 +112,20 @@ class RotaryEmbedding(nn.Module):
         return inv_freq
 
     def reset_parameters(self, device: torch.device | None = None) -> None:
+        """Recompute the frequencies (on ``device``, default where the buffer already is)."""
+        if device is None and not self.inv_freq.is_meta:
+            device = self.inv_freq.device
         self.inv_freq = self._inv_freq(self.base, device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "RotaryEmbedding":
-        # model.to(bfloat16) / .half() cast buffers too: in bf16, 0.1 becomes 0.10009765625 and the
-        # angle at position 4000 is off by 0.4 rad. The frequencies stay fp32, recomputed exactly.
+        # Every .to() / .half() / .to_empty() / .cuda() lands here, and the frequencies are always
+        # recomputed afterwards, exactly, in fp32, on the buffer's new device:
+        # - .to_empty() (meta-device init, FSDP2) leaves uninitialised memory in this buffer, and
+        #   no state dict refills it (non-persistent): logits would be silently wrong;
+        # - .to(bfloat16) casts buffers too: in bf16, 0.1 becomes 0.10009765625 and the angle at
+        #   position 4000 is off by 0.4 rad.
         super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
+        if not self.inv_freq.is_meta:
             self.inv_freq = self._inv_freq(self.base, self.inv_freq.device)
         return self
 
@@ -199,7 +206,7 @@ class GPTNeoXAttention(nn.Module):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
+        self.num_heads = config.num_attention_heads  # all heads; this process may compute fewer (local_heads)
         self.head_size = config.head_size
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
@@ -217,7 +224,11 @@ class GPTNeoXAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
         # The fused projection is laid out per head, [q_h | k_h | v_h] for h = 0..H−1, not [Q; K; V].
-        qkv = self.query_key_value(x).view(B, T, self.num_heads, 3, self.head_size)  # (B, T, H, 3, hs)
+        # H is read from its width: under tensor parallelism a rank holds a contiguous row block of
+        # the weight, i.e. whole heads, and computes only those (H = its local heads).
+        qkv = self.query_key_value(x)
+        H = qkv.shape[-1] // (3 * self.head_size)
+        qkv = qkv.view(B, T, H, 3, self.head_size)  # (B, T, H, 3, hs)
         cos, sin = rope
         apply_rotary_(qkv[:, :, :, :2], cos, sin)  # q and k together; qkv is this call's own tensor
         q, k, v = qkv.transpose(1, 2).unbind(3)  # each (B, H, T, hs)
@@ -227,8 +238,21 @@ class GPTNeoXAttention(nn.Module):
         dropout = self.config.attention_dropout if self.training else 0.0
         y, probs = attention(q, k, v, mask, causal=causal, implementation=impl, dropout=dropout,
                              head_mask=head_mask, return_probs=output_attentions)
-        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_size)  # (B, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * self.head_size)  # (B, T, H·hs): D, or a rank's share
         return self.dense(y), probs
+
+    def local_heads(self) -> tuple[int, int]:
+        """(first, count): the heads this process computes — all of them, or under tensor
+        parallelism (a DTensor weight split by rows) the whole heads of this rank's row block."""
+        w = self.query_key_value.weight
+        if not hasattr(w, "to_local"):  # a plain tensor: every head
+            return 0, self.num_heads
+        rows = w.to_local().shape[0]
+        count = rows // (3 * self.head_size)
+        if count == self.num_heads:  # replicated
+            return 0, count
+        # Row-sharded over a 1-D mesh: equal blocks in rank order (parallel.py checks H % world == 0).
+        return w.device_mesh.get_local_rank() * count, count
 
 
 class GPTNeoXLayer(nn.Module):
@@ -421,6 +445,12 @@ class GPTNeoXPreTrainedModel(nn.Module):
     @property
     def base_model(self) -> "GPTNeoXModel":
         return self._base()
+
+    @property
+    def num_local_heads(self) -> int:
+        """Attention heads this process computes and caches: ``config.num_attention_heads``, or
+        a rank's share under tensor parallelism (what :meth:`KVCache.for_model` sizes by)."""
+        return self._base().layers[0].attention.local_heads()[1]
 
     def get_output_embeddings(self) -> nn.Linear | None:
         return None
@@ -680,9 +710,10 @@ class GPTNeoXPreTrainedModel(nn.Module):
         """Write config.json, generation_config.json and safetensors weights, atomically."""
         if not safe_serialization:
             raise ValueError("neox saves safetensors only (safe_serialization=False is not supported)")
-        if not is_main_process:
-            return
-        save_pretrained(self, Path(save_directory), max_shard_size=max_shard_size, state_dict=state_dict)
+        # A model sharded by tensor parallelism or FSDP2: call this on every rank (the weights are
+        # gathered collectively); rank 0 writes.
+        save_pretrained(self, Path(save_directory), max_shard_size=max_shard_size, state_dict=state_dict,
+                        is_main_process=is_main_process)
 
 
 class GPTNeoXModel(GPTNeoXPreTrainedModel):
@@ -796,7 +827,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
 
         if use_cache and past is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
-            past = KVCache.for_model(config, B, T, self.embed_in.weight.dtype, device)
+            past = KVCache.for_model(self, B, T, self.embed_in.weight.dtype, device)
         out = self.core(
             input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             cache=past,
@@ -809,12 +840,15 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         return out
 
     def _head_mask(self, head_mask: torch.Tensor) -> torch.Tensor:
+        """(L, 1, H, 1, 1) multipliers for this process's heads, from a mask over all H heads."""
         L, H = self.config.num_hidden_layers, self.config.num_attention_heads
         if head_mask.dim() == 1:
             head_mask = head_mask[None].expand(L, -1)
         if tuple(head_mask.shape) != (L, H):
             raise ValueError(f"head_mask must be (num_heads,) = ({H},) or (num_layers, num_heads) = ({L}, {H})")
-        return head_mask[:, None, :, None, None].to(self.embed_in.weight.dtype)  # (L, 1, H, 1, 1)
+        first, count = self.layers[0].attention.local_heads()
+        head_mask = head_mask[:, first : first + count]  # (L, H_local): this rank's heads under TP
+        return head_mask[:, None, :, None, None].to(self.embed_in.weight.dtype)  # (L, 1, H_local, 1, 1)
 
     def core(
         self,

@@ -176,13 +176,13 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
     capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
     dtype = model.embed_out.weight.dtype
     if options is None:
-        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        cache = KVCache.for_model(model, N, capacity, dtype, device)
         return StaticDecode(cache, _static_step, compiled=False, describe="eager")
     state = _STATIC_STATE.setdefault(model, {"cache": None, "steps": {}})
     cache = state["cache"]
     if (cache is None or cache.batch_size != N or cache.capacity != capacity or cache.keys[0].dtype != dtype
             or cache.keys[0].device != device):
-        cache = KVCache.for_model(model.config, N, capacity, dtype, device)
+        cache = KVCache.for_model(model, N, capacity, dtype, device)
         if device.type == "cuda":
             for t in (*cache.keys, *cache.values):
                 torch._dynamo.mark_static_address(t)  # CUDA graphs may then write it in place
@@ -230,7 +230,7 @@ def build_cache(model: Any, cfg: GenerationConfig, N: int, prompt_len: int, new_
         if static is not None:
             cache = static.cache
     if cache is None and use_cache:  # (a user's past is already the cache)
-        cache = KVCache.for_model(model.config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
+        cache = KVCache.for_model(model, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
     return cache, static, past_len
 
 

@@ -349,7 +349,8 @@ def _check_memory(model: Any, cfg: GenerationConfig, prompt: _Prompt, N: int, ne
     # Per position: a key and a value per layer, (N, H, hs) each, in the model's dtype — as
     # KVCache.for_model allocates; and the sequence, mask and position buffers (int64).
     cached = bool(cfg.use_cache) or prompt.embeds is not None or prompt.past is not None
-    cache_bytes = (2 * config.num_hidden_layers * N * config.num_attention_heads * config.head_size
+    heads = getattr(model, "num_local_heads", config.num_attention_heads)  # a TP rank holds fewer
+    cache_bytes = (2 * config.num_hidden_layers * N * heads * config.head_size
                    * model.embed_out.weight.element_size()) if cached else 0
     per_position = cache_bytes + 3 * N * 8
     if per_position * (prompt.prompt_len + new_max) <= available:
