@@ -286,9 +286,11 @@ def _attention_mask(
     keep = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
     mask = keep[:, None, None, :] & _causal(T, S, device)[None, None]  # (B, 1, T, S)
     # A query at a padding position may see no key at all (left padding); let it see itself so
-    # its (ignored) output stays finite instead of NaN.
+    # its (ignored) output stays finite instead of NaN. Only such rows: a right-padding query
+    # sees the real tokens before it, as in transformers (QA and token-classification losses
+    # read the logits at padding positions too).
     diagonal = torch.arange(T, device=device)
-    mask[:, :, diagonal, past + diagonal] = True
+    mask[:, :, diagonal, past + diagonal] |= ~mask.any(-1)
     return mask, False
 
 
