@@ -128,20 +128,21 @@ class GPTNeoXConfig:
         self.validate()
 
     def _init_labels(self, num_labels: Any) -> None:
-        # As transformers: no id2label means num_labels (default 2) generic labels; an id2label
-        # wins over a num_labels that disagrees with it (with a warning).
+        # As transformers: no id2label means num_labels (default 2) generic labels; a num_labels
+        # that disagrees with id2label wins, with a warning, and renames the labels LABEL_0….
         if self.id2label is None:
             self.num_labels = 2 if num_labels is None else num_labels
             return
         if not isinstance(self.id2label, dict):
             raise ValueError(f"config.id2label must be a JSON object or null, got {self.id2label!r}")
-        if num_labels is not None and num_labels != len(self.id2label):
-            logger.warning("num_labels=%s disagrees with id2label (%d labels); using id2label",
-                           num_labels, len(self.id2label))
         try:
             self.id2label = {int(key): value for key, value in self.id2label.items()}
         except (TypeError, ValueError):
             raise ValueError(f"config.id2label keys must be integers, got {list(self.id2label)}") from None
+        if num_labels is not None and num_labels != len(self.id2label):
+            logger.warning("num_labels=%s disagrees with id2label (%d labels); using LABEL_0…LABEL_%s",
+                           num_labels, len(self.id2label), num_labels - 1 if _is_int(num_labels) else "?")
+            self.num_labels = num_labels
 
     def _read_rope_parameters(self, params: Any) -> None:
         if not isinstance(params, dict):
@@ -385,10 +386,6 @@ class GPTNeoXConfig:
         elif {"rotary_pct", "rotary_emb_base", "rope_scaling"} & overrides.keys():
             data.pop("rope_parameters")
             data["rope_scaling"] = copy.deepcopy(self.rope_scaling)
-        if "num_labels" in overrides and overrides["num_labels"] != self.num_labels and "id2label" not in overrides:
-            # transformers sets num_labels after reading the file: a new count renames the labels.
-            data.pop("id2label", None)
-            data.pop("label2id", None)
         return type(self).from_dict({**data, **overrides})
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
