@@ -31,6 +31,7 @@ def test_pipeline_accepts_neox_heads(head, task, inputs):
     theirs = randomize_(getattr(transformers, head)(hf_config)).eval()
     ours = getattr(neox, head)(neox.GPTNeoXConfig(**kwargs)).eval()
     ours.load_state_dict(theirs.state_dict())
+
     def run(model):
         pipe = transformers.pipeline(task, model=model, tokenizer=tokenizer, device="cpu")
         return pipe(inputs, top_k=None) if task == "text-classification" else pipe(inputs)  # top_k: every label
