@@ -276,3 +276,17 @@ def test_adamw_steps_equal_transformers(hf, head, case, overrides):
     theirs_params = dict(theirs.named_parameters())
     for name, p in ours.named_parameters():
         torch.testing.assert_close(p, theirs_params[name], **TOL)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(hf):
+    theirs, ours = make_pair(hf, "GPTNeoXForTokenClassification", num_labels=3, classifier_dropout=0.0)
+    ours.gradient_checkpointing_enable()
+    assert ours.is_gradient_checkpointing
+    ids, mask = batch("right")
+    targets = labels_for("token", ids, mask)
+    for model in (theirs, ours):
+        model.train()
+        model(input_ids=ids, attention_mask=mask, **targets).loss.backward()
+    theirs_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, theirs_params[name].grad, **TOL)
