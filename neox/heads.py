@@ -101,6 +101,8 @@ class GPTNeoXForSequenceClassification(_GPTNeoXHead):
     transformers: rows of different lengths cannot be told apart.
     """
 
+    loss_type = "ForSequenceClassification"  # transformers' LOSS_MAPPING key (the Trainer reads it)
+
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
@@ -174,6 +176,8 @@ class GPTNeoXForSequenceClassification(_GPTNeoXHead):
 class GPTNeoXForTokenClassification(_GPTNeoXHead):
     """GPT-NeoX with ``dropout`` (p = ``config.classifier_dropout``) and ``classifier`` (D → num_labels)."""
 
+    loss_type = "ForTokenClassification"  # transformers' LOSS_MAPPING key (the Trainer reads it)
+
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
@@ -219,6 +223,8 @@ class GPTNeoXForTokenClassification(_GPTNeoXHead):
 
 class GPTNeoXForQuestionAnswering(_GPTNeoXHead):
     """GPT-NeoX with ``qa_outputs`` (D → 2): start and end logits for every token."""
+
+    loss_type = "ForQuestionAnswering"  # transformers' LOSS_MAPPING key (the Trainer reads it)
 
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
