@@ -16,7 +16,7 @@ import torch
 
 from .config import GPTNeoXConfig
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "CacheProtocolAdapter", "is_cache_protocol"]
 
 
 class KVCache:
@@ -153,3 +153,58 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot crop a cache of {self.length} tokens to {length}")
         self.length = length
+
+
+def is_cache_protocol(obj: object) -> bool:
+    """True for a transformers ``Cache`` (``DynamicCache``, ...) or any object with its per-layer
+    protocol: ``update(key, value, layer_idx) -> (keys, values)`` and ``get_seq_length()``."""
+    return not isinstance(obj, KVCache) and callable(getattr(obj, "update", None)) and callable(
+        getattr(obj, "get_seq_length", None)
+    )
+
+
+class CacheProtocolAdapter:
+    """Drives a transformers-style cache through the interface the model uses on a :class:`KVCache`.
+
+    The wrapped cache is updated in place, layer by layer, as transformers' models update it (PEFT's
+    prefix tuning and user code that passes a ``DynamicCache`` read it back). Only caches that
+    return exactly the keys seen so far are supported (dynamic ones); a static cache that returns its
+    whole preallocated buffer would need masks this model does not build for it.
+    """
+
+    def __init__(self, cache: object) -> None:
+        self.cache = cache
+        self.length = int(cache.get_seq_length())
+
+    @property
+    def batch_size(self) -> int | None:
+        layers = getattr(self.cache, "layers", None) or []
+        keys = getattr(layers[0], "keys", None) if layers else None
+        return keys.shape[0] if isinstance(keys, torch.Tensor) and keys.dim() == 4 else None
+
+    def reserve(self, new_tokens: int) -> None:  # the wrapped cache grows itself
+        pass
+
+    def update(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if positions is not None:
+            raise ValueError("static-shape decoding needs neox's KVCache, not a transformers cache object")
+        keys, values = self.cache.update(key, value, layer)
+        if keys.shape[2] != self.length + key.shape[2]:
+            raise ValueError(
+                f"past_key_values ({type(self.cache).__name__}) returned {keys.shape[2]} positions for layer {layer} "
+                f"after {self.length} cached + {key.shape[2]} new; only caches that return exactly the positions "
+                "seen so far (DynamicCache) are supported"
+            )
+        return keys, values
+
+    def advance(self, new_tokens: int) -> None:
+        self.length += new_tokens
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search), with the wrapped cache's own ``reorder_cache``."""
+        reorder = getattr(self.cache, "reorder_cache", None)
+        if reorder is None:
+            raise ValueError(f"beam search needs past_key_values with reorder_cache(); {type(self.cache).__name__} has none")
+        reorder(index)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .cache import KVCache
+from .cache import CacheProtocolAdapter, KVCache, is_cache_protocol
 from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
 from .loading import load_pretrained, resolve_dtype, save_pretrained
@@ -759,9 +759,13 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
                 logger.warning("use_cache=True is incompatible with gradient checkpointing; using use_cache=False")
                 self._warned_checkpointing_cache = True
             use_cache = False
-        if past is not None and not isinstance(past, KVCache):
-            past = KVCache.from_legacy_cache(past, extra_capacity=T)
-        if past is not None and past.batch_size != B:
+        foreign = None  # a transformers Cache passed in: updated in place and handed back, as transformers does
+        if past is not None and not isinstance(past, (KVCache, CacheProtocolAdapter)):
+            if is_cache_protocol(past):
+                foreign, past = past, CacheProtocolAdapter(past)
+            else:
+                past = KVCache.from_legacy_cache(past, extra_capacity=T)
+        if past is not None and past.batch_size not in (B, None):
             raise ValueError(f"past_key_values holds batch size {past.batch_size}, the input has {B}")
         past_len = past.length if past is not None else 0
 
@@ -793,13 +797,16 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         if use_cache and past is None:
             device = input_ids.device if input_ids is not None else inputs_embeds.device
             past = KVCache.for_model(config, B, T, self.embed_in.weight.dtype, device)
-        return self.core(
+        out = self.core(
             input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             cache=past,
             head_mask=head_mask,
             output_attentions=config.output_attentions if output_attentions is None else output_attentions,
             output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
         )
+        if foreign is not None:
+            out["past_key_values"] = foreign
+        return out
 
     def _head_mask(self, head_mask: torch.Tensor) -> torch.Tensor:
         L, H = self.config.num_hidden_layers, self.config.num_attention_heads
@@ -1019,6 +1026,25 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         """Decode; see :func:`neox.generation.generate` for the arguments."""
         return generate(self, *args, **kwargs)
 
+    def _client_changed_steps(self) -> bool:
+        """Whether a client changed how one step runs: ``forward`` or ``prepare_inputs_for_generation``
+        wrapped on this instance (PEFT's prompt learning, accelerate's hooks, a compiled forward) or
+        overridden in a subclass or on the class, or forward hooks registered. generate() then calls
+        them each step as transformers does, instead of running the core directly."""
+        if self._forward_hooks or self._forward_pre_hooks:
+            return True
+        for name, own in _OWN_STEP_METHODS.items():
+            method = getattr(self, name, None)
+            # A bound method of our own function (PEFT stores one back on the instance after a call)
+            # is no change; anything else on the instance or the class is.
+            if getattr(method, "__func__", None) is not own or getattr(method, "__self__", None) is not self:
+                return True
+        return False
+
+
+# The step methods as defined here, captured before any client can patch the class.
+_OWN_STEP_METHODS = {name: getattr(GPTNeoXForCausalLM, name, None) for name in ("forward", "prepare_inputs_for_generation")}
+
 
 def causal_lm_loss(
     logits: torch.Tensor,
@@ -1049,5 +1075,10 @@ def causal_lm_loss(
 
 def _pick_cache(past_key_values: Any, cache: Any) -> Any:
     if past_key_values is not None and cache is not None and past_key_values is not cache:
-        raise ValueError("pass the cache as past_key_values or as cache, not both")
+        # transformers 5.24 (its deprecate_kwarg) uses `cache` and drops `past_key_values`, with a
+        # warning; clients rely on it (PEFT 0.21's prefix tuning adds its prefix as past_key_values
+        # next to generate()'s cache, and transformers then decodes without the prefix).
+        logger.warning("Both `past_key_values` and `cache` are set: using `cache` and ignoring `past_key_values`, "
+                       "as transformers does")
+        return cache
     return past_key_values if past_key_values is not None else cache

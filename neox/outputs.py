@@ -5,11 +5,17 @@ field (None when unset), integer and slice indexing over the set fields (``outpu
 loss when there is one, else the logits), and ``to_tuple()``. HF Trainer, accelerate and PEFT
 consume exactly these forms; accelerate rebuilds outputs as ``type(out)(dict)``, so a single
 mapping argument is accepted too.
+
+Every output class is a pytree node (flattened to its set fields' values, the field names as
+context), as transformers registers its own, so ``torch.export``, the ONNX dynamo exporter and
+DDP's ``static_graph`` can return and traverse them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 __all__ = [
@@ -24,8 +30,15 @@ class ModelOutput(OrderedDict):
     # out["cache"]) in every output that has one. Reading only; the key stays the documented name.
     _aliases: dict[str, str] = {"cache": "past_key_values"}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "torch" in sys.modules:  # otherwise the first instance registers its class (see _register_pytree)
+            _register_pytree(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
+        if type(self) not in _PYTREE_TYPES:
+            _register_pytree(type(self))
         if args:
             if len(args) != 1 or not hasattr(args[0], "items") or kwargs:
                 raise TypeError(f"{type(self).__name__} takes keyword arguments or a single mapping")
@@ -76,6 +89,45 @@ class ModelOutput(OrderedDict):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={_short(v)}" for k, v in self.items())
         return f"{type(self).__name__}({inner})"
+
+
+#: Output classes already registered with torch's pytree.
+_PYTREE_TYPES: set[type] = set()
+
+
+def _register_pytree(cls: type) -> None:
+    """Register ``cls`` as a pytree node: children are the set fields' values, context their names.
+
+    torch is imported here, not at module level: GenerationConfig (which imports this module)
+    stays usable without torch. A class defined before torch was loaded registers on its first
+    instance, which a traced forward always creates before the tracer flattens it.
+    """
+    if cls is ModelOutput or cls in _PYTREE_TYPES:
+        return
+    from torch.utils import _pytree  # torch is loaded: a subclass was defined after it, or an instance built
+
+    _pytree.register_pytree_node(
+        cls,
+        _flatten,
+        partial(_unflatten, cls),
+        serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        flatten_with_keys_fn=_flatten_with_keys,
+    )
+    _PYTREE_TYPES.add(cls)
+
+
+def _flatten(output: ModelOutput) -> tuple[list[Any], list[str]]:
+    return list(output.values()), list(output.keys())
+
+
+def _flatten_with_keys(output: ModelOutput) -> tuple[list[tuple[Any, Any]], list[str]]:
+    from torch.utils._pytree import MappingKey  # only ever called by torch's pytree
+
+    return [(MappingKey(k), v) for k, v in output.items()], list(output.keys())
+
+
+def _unflatten(cls: type, values: Any, context: list[str]) -> ModelOutput:
+    return cls(**dict(zip(context, values)))
 
 
 def _short(value: Any) -> str:

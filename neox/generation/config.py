@@ -174,6 +174,11 @@ class GenerationConfig:
         out.update(copy.deepcopy(self.extra))
         return out
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The settings that differ from a fresh GenerationConfig's, as transformers 5.24 gives them
+        (pipelines read it to know what the model's config sets); without ``transformers_version``."""
+        return {k: v for k, v in self.to_dict().items() if v is not None}
+
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 

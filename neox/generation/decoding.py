@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..cache import KVCache
+from ..cache import CacheProtocolAdapter, KVCache, is_cache_protocol
 from .config import GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -209,9 +209,11 @@ def build_cache(model: Any, cfg: GenerationConfig, N: int, prompt_len: int, new_
     past_len = 0
     cache = None
     if past is not None:
-        if not isinstance(past, KVCache):
+        if is_cache_protocol(past):  # a transformers Cache: filled in place, as transformers does
+            past = CacheProtocolAdapter(past)
+        elif not isinstance(past, KVCache):
             past = KVCache.from_legacy_cache(past, extra_capacity=prompt_len + new_max)
-        if past.batch_size != N:
+        if past.batch_size not in (N, None):
             raise ValueError(f"past_key_values holds batch size {past.batch_size}; this call decodes {N} rows")
         if past.length >= prompt_len:
             raise ValueError(f"past_key_values already holds {past.length} tokens but the prompt has {prompt_len}: "

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..validation import check_input_ids
+from .client import ClientSteps
 from .config import GenerationConfig, is_int, resolve_settings
 from .decoding import StaticDecode, build_cache
 from .processors import Processor, build_processors, token_list
@@ -52,6 +53,7 @@ class Run:
     check_finite: bool
     host_sync_each_step: bool
     start_time: float
+    client: ClientSteps | None = None  # steps through the model's own (client-changed) methods
 
 
 @dataclass
@@ -75,7 +77,7 @@ def prepare(model: Any, inputs: Any, generation_config: Any, logits_processor: A
             prefix_allowed_tokens_fn: Any, streamer: Any, kwargs: dict[str, Any]) -> Run:
     """Every check before any work, in transformers' order of concern, then every allocation."""
     config = model.config
-    device = model.embed_out.weight.device
+    device = _device(model, inputs, kwargs)
     vocab = model.embed_out.out_features
 
     cfg, model_kwargs, has_default_max, has_default_min = resolve_settings(model, generation_config, kwargs)
@@ -108,13 +110,33 @@ def prepare(model: Any, inputs: Any, generation_config: Any, logits_processor: A
     if max_length > config.max_position_embeddings + (prompt.prompt_len - prompt.ids_len):
         logger.warning("generation may run past the model's max_position_embeddings (%d): max_length is %d",
                        config.max_position_embeddings, max_length)
-    return Run(
+    run = Run(
         cfg=cfg, device=device, out_device=prompt.out_device, N=N, batch_size=prompt.batch_size,
         ids_len=prompt.ids_len, prompt_len=prompt.prompt_len, past_len=past_len, max_length=max_length, seq=seq,
         embeds=prompt.embeds, mask=mask_buf, positions=pos_buf, cache=cache, static=static, processors=processors,
         criteria=user_criteria, eos=eos, eos_list=eos_list, pad=pad, stop_strings=stop_strings, streamer=streamer,
         check_finite=not cfg.remove_invalid_values, host_sync_each_step=host_sync, start_time=time.time(),
     )
+    changed = getattr(model, "_client_changed_steps", None)
+    if changed is not None and changed():
+        if static is not None:
+            raise ValueError("cache_implementation='static' runs neox's own decode step; it cannot honour a "
+                             "wrapped or overridden forward / prepare_inputs_for_generation (or forward hooks)")
+        run.client = ClientSteps(model, run)
+    return run
+
+
+def _device(model: Any, inputs: Any, kwargs: dict[str, Any]) -> torch.device:
+    """Where decoding runs: the input embedding's device, as transformers runs on the inputs'.
+    Not the head's: an offloading library (accelerate) may leave it, or every weight, on "meta",
+    and then the prompt's device is the execution device."""
+    weight = model.get_input_embeddings().weight
+    if weight.device.type != "meta":
+        return weight.device
+    for value in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds"), kwargs.get("attention_mask")):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
 
 
 def _check_callbacks(cfg: GenerationConfig, tokenizer: Any, streamer: Any, logits_processor: Any,

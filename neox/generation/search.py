@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..cache import CacheProtocolAdapter, KVCache
 from .config import GenerateArgumentError
 from .decoding import NonFiniteLogitsError, decode_step, nonfinite_rows, prefill
 from .outputs import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
@@ -47,8 +48,9 @@ def generate(
             the mask (each row counts from its first real token).
         inputs_embeds: (B, T, D) prompt embeddings instead of ids (sequences then hold only the
             new tokens, unless input_ids of the same shape are given too).
-        past_key_values / cache: a KVCache (or legacy tuple) holding a prefix of input_ids; only
-            the rest of the prompt is run, and the cache is extended in place.
+        past_key_values / cache: a KVCache (or legacy tuple, or a transformers Cache such as
+            DynamicCache) holding a prefix of input_ids; only the rest of the prompt is run, and the
+            cache is extended in place.
         generation_config: a neox or transformers GenerationConfig (or dict); keywords override it,
             and it overrides ``model.generation_config``.
         logits_processor / stopping_criteria: lists of callables ``(input_ids, scores)`` returning
@@ -96,7 +98,7 @@ def generate(
 
 def _raise_nonfinite(run: Run, step: int, logits: Any, cause: BaseException | None = None) -> None:
     rows = nonfinite_rows(logits).nonzero().flatten().tolist()
-    dtype = run.cache.keys[0].dtype if run.cache is not None else None
+    dtype = run.cache.keys[0].dtype if isinstance(run.cache, KVCache) else None
     raise NonFiniteLogitsError(
         f"the model produced NaN/inf logits at generation step {step} (new token {step + 1}), in row(s) "
         f"{rows[:16]}{' ...' if len(rows) > 16 else ''}. This is usually an overflow upstream"
@@ -128,14 +130,7 @@ def _sample(model: Any, run: Run) -> Any:
         run.streamer.put(run.seq[:, : run.ids_len].cpu())
 
     cur = run.ids_len
-    logits, out = prefill(
-        model,
-        run.seq[:, run.past_len : run.ids_len] if run.embeds is None else None,
-        run.embeds,
-        run.mask[:, : run.prompt_len] if run.mask is not None else None,
-        run.positions[:, run.past_len : run.prompt_len] if run.positions is not None else None,
-        run.cache, **flags,
-    )
+    logits, out = _prefill(model, run, run.seq[:, :cur], flags)
     step = 0
     while True:
         if attn_out is not None:
@@ -205,12 +200,30 @@ def _sample(model: Any, run: Run) -> Any:
         logits=tuple(logits_out) if logits_out is not None else None,
         attentions=tuple(attn_out) if attn_out is not None else None,
         hidden_states=tuple(hidden_out) if hidden_out is not None else None,
-        past_key_values=run.cache,
+        past_key_values=_user_cache(run.cache),
     )
 
 
-def _next_logits(model: Any, run: Run, cur: int, flags: dict, last_tokens: Any = None) -> tuple[Any, Any]:
-    """Logits after the sequence's first ``cur`` ids (``last_tokens`` overrides the ids fed)."""
+def _prefill(model: Any, run: Run, ids: Any, flags: dict) -> tuple[Any, Any]:
+    """The prompt's pass: ``ids`` (N, ids_len) are the prompt columns of the sequence."""
+    if run.client is not None:
+        return run.client(model, ids, flags)
+    return prefill(
+        model,
+        ids[:, run.past_len :] if run.embeds is None else None,
+        run.embeds,
+        run.mask[:, : run.prompt_len] if run.mask is not None else None,
+        run.positions[:, run.past_len : run.prompt_len] if run.positions is not None else None,
+        run.cache, **flags,
+    )
+
+
+def _next_logits(model: Any, run: Run, cur: int, flags: dict, last_tokens: Any = None,
+                 sequence: Any = None) -> tuple[Any, Any]:
+    """Logits after the sequence's first ``cur`` ids (``last_tokens`` overrides the ids fed;
+    ``sequence`` is the whole (N, cur) sequence where it is not ``run.seq``, in beam search)."""
+    if run.client is not None:
+        return run.client(model, run.seq[:, :cur] if sequence is None else sequence, flags)
     # Position p of the model's stream holds sequence column p − (prompt_len − ids_len).
     total = cur + (run.prompt_len - run.ids_len)
     if run.static is not None:
@@ -273,14 +286,7 @@ def _beam_search(model: Any, run: Run) -> Any:
         return torch.take_along_dim(t, idx, dim=1)
 
     cur = prompt
-    logits, out = prefill(
-        model,
-        run.seq[:, run.past_len : prompt] if run.embeds is None else None,
-        run.embeds,
-        run.mask[:, : run.prompt_len] if run.mask is not None else None,
-        run.positions[:, run.past_len : run.prompt_len] if run.positions is not None else None,
-        run.cache, **flags,
-    )
+    logits, out = _prefill(model, run, run.seq[:, :prompt], flags)
     flat = run.seq[:, :prompt]
     step = 0
     while True:
@@ -387,14 +393,14 @@ def _beam_search(model: Any, run: Run) -> Any:
         beam_indices=beam_indices,
         attentions=tuple(attn_out) if attn_out is not None else None,
         hidden_states=tuple(hidden_out) if hidden_out is not None else None,
-        past_key_values=run.cache,
+        past_key_values=_user_cache(run.cache),
     )
 
 
 def _beam_logits(model: Any, run: Run, flat: Any, cur: int, flags: dict) -> tuple[Any, Any]:
     if run.cache is not None:
-        return _next_logits(model, run, cur, flags, last_tokens=flat[:, -1:])
-    return _next_logits(model, run, cur, flags, last_tokens=flat)
+        return _next_logits(model, run, cur, flags, last_tokens=flat[:, -1:], sequence=flat)
+    return _next_logits(model, run, cur, flags, last_tokens=flat, sequence=flat)
 
 
 def _finish(run: Run, result: Any) -> Any:
@@ -414,7 +420,7 @@ def _finish(run: Run, result: Any) -> Any:
         if result.get(key) is not None:
             result[key] = plain(result[key])
     cache = result.get("past_key_values")
-    if cache is not None:
+    if isinstance(cache, KVCache):
         # Beam reordering made new (inference-mode) buffers; copy them so the cache can be used
         # (written in place) outside inference mode too.
         for buffers in (cache.keys, cache.values):
@@ -422,3 +428,8 @@ def _finish(run: Run, result: Any) -> Any:
                 if buf.is_inference():
                     buffers[i] = buf.clone()
     return result
+
+
+def _user_cache(cache: Any) -> Any:
+    """The cache to hand back: a transformers Cache the caller passed in, not neox's adapter around it."""
+    return cache.cache if isinstance(cache, CacheProtocolAdapter) else cache

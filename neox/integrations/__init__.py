@@ -12,4 +12,6 @@ client decides by ``isinstance(model, transformers.PreTrainedModel)``.
   leaving the output head out, as PEFT does for transformers models.
 * :mod:`neox.integrations.trl` — ``to_transformers_tokenizer``: neox's tokenizer as the
   ``PreTrainedTokenizerBase`` TRL's trainers require.
+* :mod:`neox.integrations.lm_eval` — ``NeoXLM``: lm-eval's HFLM loading through neox and taking
+  neox's tokenizer, registered as ``--model neox`` (``python -m neox.integrations.lm_eval ...``).
 """
