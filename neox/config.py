@@ -37,6 +37,9 @@ ACTIVATIONS = ("gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "relu", "si
 
 ROPE_TYPES = ("default", "linear", "dynamic")
 
+#: problem_type values of the sequence-classification head (None: chosen at the first loss).
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
 # Keys that only describe the file, not the model; accepted and not kept as "unknown".
 _IGNORED_KEYS = {"transformers_version", "model_type", "_name_or_path", "_commit_hash", "_attn_implementation_autoset"}
 
@@ -72,6 +75,11 @@ class GPTNeoXConfig:
     output_hidden_states: bool = False
     return_dict: bool = True
     architectures: list[str] | None = None
+    #: Task heads' labels, as transformers keeps them: ``num_labels`` is len(id2label) (a property;
+    #: setting it to a new count renames the labels LABEL_0…); JSON's string keys become ints.
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
     #: dtype the checkpoint was saved in; read as a torch.dtype (as in transformers 5), written to
     #: config.json as its name ("float32", "float16", "bfloat16"). `dtype="auto"` loads in it.
     dtype: Any = None
@@ -104,6 +112,7 @@ class GPTNeoXConfig:
         # go to `extra` instead of raising, as in transformers (fine-tunes add their own keys).
         kwargs = dict(kwargs)
         rope_parameters = kwargs.pop("rope_parameters", None)
+        num_labels = kwargs.pop("num_labels", None)
         for legacy, new in (("torch_dtype", "dtype"), ("_attn_implementation", "attn_implementation")):
             if legacy in kwargs:
                 value = kwargs.pop(legacy)
@@ -127,9 +136,27 @@ class GPTNeoXConfig:
         if rope_parameters is not None:
             # transformers 5 lets rope_parameters win over the classic keys; so do we.
             self._read_rope_parameters(rope_parameters)
+        self._init_labels(num_labels)
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
         self.validate()
+
+    def _init_labels(self, num_labels: Any) -> None:
+        # As transformers: no id2label means num_labels (default 2) generic labels; a num_labels
+        # that disagrees with id2label wins, with a warning, and renames the labels LABEL_0….
+        if self.id2label is None:
+            self.num_labels = 2 if num_labels is None else num_labels
+            return
+        if not isinstance(self.id2label, dict):
+            raise ValueError(f"config.id2label must be a JSON object or null, got {self.id2label!r}")
+        try:
+            self.id2label = {int(key): value for key, value in self.id2label.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"config.id2label keys must be integers, got {list(self.id2label)}") from None
+        if num_labels is not None and num_labels != len(self.id2label):
+            logger.warning("num_labels=%s disagrees with id2label (%d labels); using LABEL_0…LABEL_%s",
+                           num_labels, len(self.id2label), num_labels - 1 if _is_int(num_labels) else "?")
+            self.num_labels = num_labels
 
     def _read_rope_parameters(self, params: Any) -> None:
         if not isinstance(params, dict):
@@ -201,8 +228,16 @@ class GPTNeoXConfig:
             raise
 
     @property
-    def num_labels(self) -> int:  # read by some HF utilities; causal LMs have none
-        return int(self.extra.get("num_labels", 2))
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if not _is_int(num_labels) or num_labels < 0:
+            raise ValueError(f"config.num_labels must be a non-negative integer, got {num_labels!r}")
+        if self.id2label is None or len(self.id2label) != num_labels:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {name: i for i, name in self.id2label.items()}
 
     @property
     def use_return_dict(self) -> bool:
@@ -308,6 +343,17 @@ class GPTNeoXConfig:
                     f"dynamic rope scaling needs at least 4 rotary dims per head; head_size {self.head_size} × "
                     f"rotary_pct {self.rotary_pct} gives {self.rotary_ndims}"
                 )
+        if not isinstance(self.id2label, dict) or not all(_is_int(k) for k in self.id2label):
+            raise ValueError(f"config.id2label must map integer ids to names, got {self.id2label!r}")
+        if self.label2id is not None and not isinstance(self.label2id, dict):
+            raise ValueError(f"config.label2id must be a JSON object or null, got {self.label2id!r}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"config.problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES} or null")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError(
+                'config.problem_type="single_label_classification" needs num_labels > 1: use num_labels=2 '
+                'for binary classification, or problem_type="regression" for one output'
+            )
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
 
@@ -323,6 +369,12 @@ class GPTNeoXConfig:
         out["dtype"] = self.__dict__.get("_dtype")
         if out["architectures"] is None:
             out.pop("architectures")
+        # Written only when they say something, as transformers writes config.json (a diff
+        # against its defaults): two generic labels and no problem type are the defaults.
+        if out["id2label"] == _DEFAULT_ID2LABEL and out["label2id"] == _DEFAULT_LABEL2ID:
+            del out["id2label"], out["label2id"]
+        if out["problem_type"] is None:
+            out.pop("problem_type")
         # Classic keys for transformers 4 readers; rope_parameters for transformers 5.
         out["rope_parameters"] = self.rope_parameters
         if self.rope_scaling is not None:
@@ -431,6 +483,10 @@ class GPTNeoXConfig:
         return isinstance(other, GPTNeoXConfig) and self.to_dict() == other.to_dict()
 
 
+_DEFAULT_ID2LABEL = {0: "LABEL_0", 1: "LABEL_1"}
+_DEFAULT_LABEL2ID = {"LABEL_0": 0, "LABEL_1": 1}
+
+
 def _get_dtype(self: GPTNeoXConfig) -> Any:
     name = self.__dict__.get("_dtype")
     if name is None:
@@ -478,7 +534,7 @@ class _RopeParameters(dict):
 
 def _known_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(GPTNeoXConfig)} | {
-        "torch_dtype", "rope_parameters", "_attn_implementation", "_name_or_path"}
+        "torch_dtype", "rope_parameters", "_attn_implementation", "_name_or_path", "num_labels"}
 
 
 def _is_int(value: Any) -> bool:

@@ -284,7 +284,7 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
 def _config_fields() -> set[str]:
     import dataclasses
 
-    return {f.name for f in dataclasses.fields(GPTNeoXConfig)} | {"rope_parameters"}
+    return {f.name for f in dataclasses.fields(GPTNeoXConfig)} | {"rope_parameters", "num_labels"}
 
 
 def _hub_kwargs(options: HubOptions) -> dict[str, Any]:

@@ -18,7 +18,10 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any
 
-__all__ = ["ModelOutput", "BaseModelOutputWithPast", "CausalLMOutputWithPast"]
+__all__ = [
+    "ModelOutput", "BaseModelOutputWithPast", "CausalLMOutputWithPast", "SequenceClassifierOutputWithPast",
+    "TokenClassifierOutput", "QuestionAnsweringModelOutput",
+]
 
 
 class ModelOutput(OrderedDict):
@@ -143,3 +146,23 @@ class CausalLMOutputWithPast(ModelOutput):
     """``loss`` (when labels are given), ``logits`` (B, T, V), then as BaseModelOutputWithPast."""
 
     _fields = ("loss", "logits", "past_key_values", "hidden_states", "attentions")
+
+
+class SequenceClassifierOutputWithPast(ModelOutput):
+    """``loss`` (when labels are given), ``logits`` (B, num_labels) read at each row's last
+    non-padding token, then as BaseModelOutputWithPast."""
+
+    _fields = ("loss", "logits", "past_key_values", "hidden_states", "attentions")
+
+
+class TokenClassifierOutput(ModelOutput):
+    """``loss`` (when labels are given), ``logits`` (B, T, num_labels), ``hidden_states``, ``attentions``."""
+
+    _fields = ("loss", "logits", "hidden_states", "attentions")
+
+
+class QuestionAnsweringModelOutput(ModelOutput):
+    """``loss`` (when start and end positions are given), ``start_logits`` and ``end_logits``
+    (B, T) each, ``hidden_states``, ``attentions``."""
+
+    _fields = ("loss", "start_logits", "end_logits", "hidden_states", "attentions")
