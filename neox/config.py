@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -290,10 +290,7 @@ class GPTNeoXConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "GPTNeoXConfig":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        data = read_json(path)
         try:
             return cls.from_dict(data)
         except ValueError as e:

@@ -1,17 +1,15 @@
 """from_pretrained / save_pretrained for the GPT-NeoX models.
 
 Loading builds the model on the meta device (no memory, no random init) and assigns each
-checkpoint tensor to its parameter, so the weights exist once: a safetensors tensor already in
-the requested dtype on the CPU is a view of the memory-mapped file; any other tensor is read
-with plain file reads, converted and moved one at a time.
+checkpoint tensor to its parameter, so the weights exist once. Reading the files (memory-mapped
+views, or tensors converted one at a time on the way in) is :mod:`neox.checkpoint`'s job; this
+module only resolves the arguments, builds the model and assigns what the reader yields.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,9 @@ from torch import nn
 from .checkpoint import (
     IGNORED_KEY_PATTERN,
     CheckpointError,
-    check_safetensors_header,
     checkpoint_dtype,
-    find_weight_files,
-    iter_checkpoint_tensors,
+    find_checkpoint,
+    iter_checkpoint,
     save_state_dict,
 )
 from .config import CONFIG_NAME, GPTNeoXConfig
@@ -40,12 +37,6 @@ _DTYPES = {
     "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float64": torch.float64, "double": torch.float64,
-}
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
 }
 
 # Accepted and ignored: they only tune transformers' own loader, which neox does not need.
@@ -135,7 +126,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         config.validate()
     config.name_or_path = str(name)
 
-    files = find_weight_files(name, options)
+    checkpoint = find_checkpoint(name, options)
+    files = checkpoint.files
     if use_safetensors is True and not files[0].name.endswith(".safetensors"):
         raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
     if use_safetensors is False:
@@ -151,7 +143,7 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
 
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for path, key, tensor in _iter_tensors(files, dtype, device):
+    for path, key, tensor in iter_checkpoint(checkpoint, dtype, device):
         target = _target_key(key, prefix, is_base, expected)
         if target is None:
             continue
@@ -214,77 +206,6 @@ def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | N
     if not key.startswith(prefix + ".") and key != "embed_out.weight" and f"{prefix}.{key}" in expected:
         return f"{prefix}.{key}"  # a GPTNeoXModel checkpoint loaded into the causal LM
     return key
-
-
-def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iterator[tuple[Path, str, torch.Tensor]]:
-    def convert(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-
-    for path in files:
-        if path.name.endswith(".safetensors"):
-            if device.type == "cpu" and checkpoint_dtype([path]) in (dtype, None):
-                # Zero-copy: tensors are views of the memory-mapped file.
-                for key, tensor in iter_checkpoint_tensors([path]):
-                    yield path, key, convert(tensor)
-            else:
-                for key, tensor in _read_safetensors(path, dtype, device):
-                    yield path, key, tensor
-        else:
-            for key, tensor in iter_checkpoint_tensors([path]):
-                yield path, key, convert(tensor)
-
-
-#: Bytes read per step when a tensor is converted on the way in (dtype or device change).
-_CHUNK_BYTES = 16 * 2**20
-
-
-def _read_safetensors(path: Path, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read tensors one by one with plain reads, each straight into its final dtype and device.
-
-    A tensor that needs converting is read through one reused 16 MiB staging buffer, so the
-    peak is the converted weights plus that buffer — not plus a full-precision copy of the
-    largest tensor (the 50k × 1k embedding of a 410M model is 206 MB in fp32).
-    """
-    header = check_safetensors_header(path)
-    staging = None
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        base = 8 + n
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            src_dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if src_dtype is None:
-                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            out_dtype = dtype if src_dtype.is_floating_point else src_dtype
-            out = torch.empty(info["shape"], dtype=out_dtype, device=device)
-            itemsize = torch.empty((), dtype=src_dtype).element_size()
-            numel = out.numel()
-            if end - start != numel * itemsize:
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} has {end - start} bytes, its shape needs {numel * itemsize}"
-                )
-            f.seek(base + start)
-            if out_dtype == src_dtype and device.type == "cpu":
-                _read_exact(f, out.reshape(-1).view(torch.uint8), path, key)
-            else:
-                if staging is None:
-                    staging = torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
-                per_chunk = max(1, _CHUNK_BYTES // itemsize)
-                flat = out.view(-1)
-                for i in range(0, numel, per_chunk):
-                    k = min(per_chunk, numel - i)
-                    chunk = staging[: k * itemsize]
-                    _read_exact(f, chunk, path, key)
-                    flat[i : i + k].copy_(chunk.view(src_dtype))
-            yield key, out
-
-
-def _read_exact(f: Any, buffer: torch.Tensor, path: Path, key: str) -> None:
-    """Fill a contiguous uint8 CPU tensor from the file, or say which tensor is cut short."""
-    if buffer.numel() and f.readinto(memoryview(buffer.numpy())) != buffer.numel():
-        raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
 
 
 def _materialize_missing(model: nn.Module, missing: list[str], dtype: torch.dtype, device: torch.device) -> None:

@@ -59,6 +59,7 @@ from typing import Any, Union
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from neox.files import read_json
 from neox.hub import HubOptions, _offline, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -128,11 +129,7 @@ def _is_empty(value: Any) -> bool:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"The {what} {str(path)!r} is not valid JSON: {err}") from None
+    return read_json(path, what)
 
 
 def _as_added_token(value: Any, *, special: bool | None = None) -> Any:
