@@ -37,6 +37,18 @@ ACTIVATIONS = ("gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "relu", "si
 
 ROPE_TYPES = ("default", "linear", "dynamic")
 
+#: Upper bounds no real GPT-NeoX-style model comes near (the largest public ones: vocab ~256k,
+#: hidden 16k, 128 layers, 128 heads, intermediate 64k, context 1M). A value above one is a typo
+#: or a corrupt file; building from it would hang or overflow inside torch instead of failing here.
+MAX_SIZES = {
+    "vocab_size": 2**24,
+    "hidden_size": 2**17,
+    "num_hidden_layers": 4096,
+    "num_attention_heads": 4096,
+    "intermediate_size": 2**20,
+    "max_position_embeddings": 2**26,
+}
+
 # Keys that only describe the file, not the model; accepted and not kept as "unknown".
 _IGNORED_KEYS = {"transformers_version", "model_type", "_name_or_path", "_commit_hash", "_attn_implementation_autoset"}
 
@@ -195,6 +207,11 @@ class GPTNeoXConfig:
                 raise ValueError(f"config.{name} must be an integer, got {value!r} ({type(value).__name__})")
             if value <= 0:
                 raise ValueError(f"config.{name} must be positive, got {value}")
+            if value > MAX_SIZES[name]:
+                raise ValueError(
+                    f"config.{name} = {value} is larger than any real model's (limit {MAX_SIZES[name]}); "
+                    "is the config file corrupt?"
+                )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -285,6 +302,17 @@ class GPTNeoXConfig:
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "GPTNeoXConfig":
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        model_type = data.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            # transformers only warns here, then loads the weights of another architecture into
+            # a GPT-NeoX model (missing keys newly initialised): a model that is silently wrong.
+            raise ValueError(
+                f"config.model_type is {model_type!r}; GPTNeoXConfig reads only {cls.model_type!r} configs "
+                "(the weights of another architecture do not fit a GPT-NeoX model)"
+            )
+        bad = [k for k in data if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"config keys must be strings, got {bad[0]!r}")
         return cls(**{**data, **overrides})
 
     @classmethod

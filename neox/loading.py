@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,13 @@ from torch import nn
 
 from .checkpoint import (
     IGNORED_KEY_PATTERN,
+    Checkpoint,
     CheckpointError,
     checkpoint_dtype,
     find_checkpoint,
     iter_checkpoint,
     save_state_dict,
+    tensor_shapes,
 )
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
@@ -132,6 +135,7 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
     if use_safetensors is False:
         logger.info("use_safetensors=False: neox still prefers safetensors files when present")
+    check_config_against_weights(config, checkpoint)
     dtype = resolve_dtype(dtype, files, config)
     device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
 
@@ -183,6 +187,37 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         info = {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
         return model, info
     return model
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def check_config_against_weights(config: GPTNeoXConfig, checkpoint: Checkpoint) -> None:
+    """Refuse a config the weights contradict, before building anything from it.
+
+    Read from the safetensors headers alone (no tensor is read): the embedding's shape gives
+    vocab_size × hidden_size, the tensor names the layer count. A config with fewer layers than
+    the checkpoint is allowed (the first layers load, the rest are reported unused), as in
+    transformers; more layers than the checkpoint holds would build layers from nothing.
+    """
+    shapes = tensor_shapes(checkpoint)
+    if shapes is None:  # .bin files: shapes are only known by loading them; checked per tensor then
+        return
+    where = checkpoint.index or checkpoint.files[0]
+    for key, shape in shapes.items():
+        if key.endswith("embed_in.weight") and len(shape) == 2:
+            want = (config.vocab_size, config.hidden_size)
+            if tuple(shape) != want:
+                raise ValueError(
+                    f"{where.name}: tensor {key!r} has shape {tuple(shape)}, but the model built from config.json "
+                    f"needs {want} for 'embed_in.weight' (config.vocab_size, config.hidden_size)"
+                )
+    layers = {int(m[1]) for key in shapes if (m := _LAYER_KEY.search(key))}
+    if layers and config.num_hidden_layers > max(layers) + 1:
+        raise ValueError(
+            f"config.num_hidden_layers is {config.num_hidden_layers}, but {where.name} holds weights for "
+            f"{max(layers) + 1} layers"
+        )
 
 
 def _config_fields() -> set[str]:

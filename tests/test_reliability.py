@@ -223,3 +223,51 @@ def test_parse_json_keeps_valid_files_as_json_does():
     text = '{"a": [1, 2.5, {"b": null}], "c": "\\u00e9", "d": true}'
     assert parse_json(text, "x") == json.loads(text)
     assert parse_json(text.encode(), "x") == json.loads(text)
+
+
+# ================================================================================ config sizes
+
+
+@pytest.mark.parametrize("field, value", [("num_hidden_layers", 1_000_000), ("hidden_size", 2**40),
+                                          ("vocab_size", 10**12), ("intermediate_size", 2**40),
+                                          ("num_attention_heads", 2**20), ("max_position_embeddings", 2**62)])
+def test_absurd_size_is_refused_naming_the_field(save_neox_model, field, value):
+    folder, _ = save_neox_model()
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"config.json.*{field}.*larger than any real model"):
+        GPTNeoXForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("overrides, field", [({"num_hidden_layers": 40}, "num_hidden_layers"),
+                                              ({"hidden_size": 64, "intermediate_size": 64}, "hidden_size"),
+                                              ({"vocab_size": 4000}, "vocab_size")])
+def test_config_compared_with_the_weights_before_building(save_neox_model, monkeypatch, overrides, field):
+    folder, _ = save_neox_model()
+    config = json.loads((folder / "config.json").read_text())
+    config.update(overrides)
+    (folder / "config.json").write_text(json.dumps(config))
+    built = []
+    monkeypatch.setattr(GPTNeoXForCausalLM, "__init__", lambda *a, **k: built.append(1) or None)
+    with pytest.raises(ValueError, match=field):
+        GPTNeoXForCausalLM.from_pretrained(folder)
+    assert not built
+
+
+def test_fewer_layers_than_the_checkpoint_still_loads(save_neox_model):
+    """As in transformers: the first layers load, the rest are reported unused."""
+    folder, model = save_neox_model()
+    loaded, info = GPTNeoXForCausalLM.from_pretrained(folder, num_hidden_layers=1, output_loading_info=True)
+    assert len(loaded.gpt_neox.layers) == 1
+    assert any(k.startswith("gpt_neox.layers.1.") for k in info["unexpected_keys"])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt_neox_japanese", 3])
+def test_other_model_type_is_refused(save_neox_model, model_type):
+    folder, _ = save_neox_model()
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json.*model_type"):
+        GPTNeoXForCausalLM.from_pretrained(folder)
