@@ -40,7 +40,7 @@ from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
 from .loading import load_pretrained, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from .validation import check_input_ids
+from .validation import check_input_ids, check_inputs_embeds, check_labels, check_logits_to_keep, check_past
 
 logger = logging.getLogger(__name__)
 
@@ -545,10 +545,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             check_input_ids(input_ids, self.embed_in.num_embeddings)
             B, T = input_ids.shape
         else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
-                )
+            check_inputs_embeds(inputs_embeds, config.hidden_size)
             B, T = inputs_embeds.shape[:2]
         if T == 0 or B == 0:
             raise ValueError(f"empty input: batch {B} × sequence length {T}; nothing to run")
@@ -563,6 +560,10 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             use_cache = False
         if past is not None and not isinstance(past, KVCache):
             past = KVCache.from_legacy_cache(past, extra_capacity=T)
+        if past is not None:
+            attn = self.layers[0].attention if len(self.layers) else None
+            check_past(past, len(self.layers), getattr(attn, "num_heads", config.num_attention_heads),
+                       getattr(attn, "head_size", config.head_size))
         if past is not None and past.batch_size != B:
             raise ValueError(f"past_key_values holds batch size {past.batch_size}, the input has {B}")
         past_len = past.length if past is not None else 0
@@ -742,14 +743,15 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         """
         if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             raise ValueError("labels need logits for every position: do not combine them with logits_to_keep")
+        if labels is not None:
+            check_labels(labels, self.config.vocab_size)
         out = self.gpt_neox._forward_checked(
             input_ids, attention_mask, position_ids, inputs_embeds, head_mask,
             _pick_cache(past_key_values, cache), use_cache, output_attentions, output_hidden_states,
         )
         h = out.last_hidden_state
+        check_logits_to_keep(logits_to_keep, h.shape[1])
         if isinstance(logits_to_keep, int):
-            if logits_to_keep < 0:
-                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
             if logits_to_keep:
                 h = h[:, -logits_to_keep:]
         else:
