@@ -42,14 +42,58 @@ def _read_json(path: Path, what: str) -> Any:
     return read_json(path, what)
 
 
-def _as_added_token(value: Any, *, special: bool | None = None) -> Any:
-    """A serialized AddedToken (dict, with or without transformers' ``__type``) → AddedToken."""
+#: The fields of a serialized AddedToken, each a bool except ``content``.
+_ADDED_TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
+
+
+def _as_added_token(value: Any, *, special: bool | None = None, where: str = "an added token") -> Any:
+    """A serialized AddedToken (dict, with or without transformers' ``__type``) → AddedToken.
+
+    Any other value is returned as is; a dict with ``content`` but fields of the wrong type is a
+    ValueError naming ``where`` and the field.
+    """
     if isinstance(value, dict) and "content" in value:
         fields = {k: v for k, v in value.items() if k not in ("__type", "id")}
+        if not isinstance(fields["content"], str) or not fields["content"]:
+            raise ValueError(f"{where}: 'content' must be a non-empty string, got {fields['content']!r}")
+        for key, flag in fields.items():
+            if key != "content" and (key not in _ADDED_TOKEN_FLAGS or not isinstance(flag, bool)):
+                raise ValueError(
+                    f"{where}: field {key!r} = {flag!r} is not one of the AddedToken flags "
+                    f"{_ADDED_TOKEN_FLAGS} with a true/false value"
+                )
         if special is not None:
             fields["special"] = special
         return AddedToken(**fields)
     return value
+
+
+def _special_token_value(value: Any, where: str) -> Any:
+    """A special token read from a file: a string, a serialized AddedToken, or null."""
+    if value is None or isinstance(value, str):
+        return value
+    token = _as_added_token(value, special=True, where=where)
+    if not isinstance(token, AddedToken):
+        raise ValueError(f"{where} must be a token string or an AddedToken object, got {value!r}")
+    return token
+
+
+def _read_special_tokens_map(path: Path) -> dict[str, Any]:
+    """special_tokens_map.json: {name: token}, with the extra tokens as a list of tokens."""
+    data = _read_json(path, "special tokens map")
+    if not isinstance(data, dict):
+        raise ValueError(f"The special tokens map {str(path)!r} must be a JSON object, got a {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}: {key!r}"
+        if key in ("extra_special_tokens", "additional_special_tokens"):
+            if not isinstance(value, list):
+                # A lone string would otherwise become one special token per character.
+                raise ValueError(f"{where} must be a list of tokens, got {value!r}")
+            out[key] = [_special_token_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        else:
+            out[key] = _special_token_value(value, where)
+    return out
 
 
 def _serializable(value: Any) -> Any:
@@ -75,7 +119,10 @@ def _deserialized(value: Any) -> Any:
 
 
 def _read_tokenizer_json(path: Path) -> dict[str, Any]:
-    """vocab, merges, added tokens and the padding/truncation sides of a tokenizer.json."""
+    """vocab, merges, added tokens and the padding/truncation sides of a tokenizer.json.
+
+    Each field is checked for its type; an error names the file and the field.
+    """
     data = _read_json(path, "tokenizer file")
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), (dict, list)):
@@ -87,16 +134,41 @@ def _read_tokenizer_json(path: Path) -> dict[str, Any]:
         )
     vocab = model["vocab"]
     if isinstance(vocab, list):
-        vocab = {(tok[0] if isinstance(tok, list) else tok): i for i, tok in enumerate(vocab)}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        vocab = {(tok[0] if isinstance(tok, list) and tok else tok): i for i, tok in enumerate(vocab)}
+    for token, idx in vocab.items():
+        if not isinstance(token, str) or isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < 2**32:
+            raise ValueError(f"{path}: model.vocab maps {token!r} to {idx!r}; expected token string → id >= 0")
+    if not isinstance(model["merges"], list):
+        raise ValueError(f"{path}: model.merges must be a list, got {type(model['merges']).__name__}")
+    merges = []
+    for i, m in enumerate(model["merges"]):
+        pair = tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError(f"{path}: model.merges[{i}] is {m!r}; expected \"a b\" or [\"a\", \"b\"]")
+        merges.append(pair)
     added = {}
-    for entry in data.get("added_tokens") or []:
-        added[int(entry["id"])] = _as_added_token(entry)
+    entries = data.get("added_tokens")
+    if entries is not None and not isinstance(entries, list):
+        raise ValueError(f"{path}: added_tokens must be a list of token objects, got {type(entries).__name__}")
+    for i, entry in enumerate(entries or []):
+        where = f"{path}: added_tokens[{i}]"
+        if not isinstance(entry, dict) or "content" not in entry:
+            raise ValueError(f"{where} must be an object with 'id' and 'content', got {entry!r:.80}")
+        idx = entry.get("id")
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < 2**32:
+            raise ValueError(f"{where}: 'id' must be a token id (an integer >= 0), got {idx!r}")
+        added[idx] = _as_added_token(entry, where=where)
     sides = {}
-    if data.get("padding"):
-        sides["padding_side"] = str(data["padding"].get("direction", "Right")).lower()
-    if data.get("truncation"):
-        sides["truncation_side"] = str(data["truncation"].get("direction", "Right")).lower()
+    for field, side in (("padding", "padding_side"), ("truncation", "truncation_side")):
+        value = data.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: {field!r} must be an object or null, got {value!r:.80}")
+        direction = value.get("direction", "Right")
+        if direction not in ("Left", "Right", "left", "right"):
+            raise ValueError(f"{path}: {field}.direction must be \"Left\" or \"Right\", got {direction!r}")
+        sides[side] = direction.lower()
     return {"vocab": vocab, "merges": merges, "added_tokens": added, "sides": sides}
 
 

@@ -43,6 +43,7 @@ from .files import (
     _build_bpe,
     _deserialized,
     _read_json,
+    _read_special_tokens_map,
     _read_tokenizer_json,
     _serializable,
 )
@@ -381,15 +382,21 @@ class GPTNeoXTokenizerFast:
         saved_class = config.get("tokenizer_class")
         if saved_class not in (None, *_COMPATIBLE_CLASSES):
             logger.warning("%s was saved as a %s; loading it as %s", source, saved_class, cls.__name__)
-        init = cls._init_kwargs_from_files(config, files, kwargs)
-        init.update(name_or_path=source)
-
-        # Unknown keys of a saved config (e.g. "is_local") travel along for save_pretrained.
-        extras = {k: init.pop(k) for k in list(init) if k not in known}
-        if init.get("model_max_length") is None and extras.get("max_len") is not None:
-            init["model_max_length"] = extras.pop("max_len")
-        extras.update(is_local=is_local, local_files_only=local_files_only)
-        tokenizer = cls(**init)
+        try:
+            init = cls._init_kwargs_from_files(config, files, kwargs)
+            init.update(name_or_path=source)
+            # Unknown keys of a saved config (e.g. "is_local") travel along for save_pretrained.
+            extras = {k: init.pop(k) for k in list(init) if k not in known}
+            if init.get("model_max_length") is None and extras.get("max_len") is not None:
+                init["model_max_length"] = extras.pop("max_len")
+            extras.update(is_local=is_local, local_files_only=local_files_only)
+            tokenizer = cls(**init)
+        except (ValueError, TypeError) as err:
+            # A value read from tokenizer_config.json: say which file it came from.
+            culprit = next((k for k in config if k not in kwargs and str(err).startswith(k)), None)
+            if culprit is None:
+                raise
+            raise ValueError(f"{files['tokenizer_config_file']}: {err}") from None
         for key in ("tokenizer_class", "init_inputs"):
             extras.pop(key, None)
         tokenizer.init_kwargs.update(copy.deepcopy(extras))
@@ -431,35 +438,37 @@ class GPTNeoXTokenizerFast:
             init["extra_special_tokens"] = init.pop("additional_special_tokens")
 
         if "added_tokens_decoder" in init:
-            added = {}
-            for idx, token in (init["added_tokens_decoder"] or {}).items():
-                token = _as_added_token(token)
+            added = _added_tokens_by_id(init["added_tokens_decoder"])
+            for idx, token in added.items():
                 if not isinstance(token, AddedToken):
                     raise ValueError(f"added_tokens_decoder[{idx!r}] in the tokenizer config is not a token: {token!r}")
-                added[int(idx)] = token
             init["added_tokens_decoder"] = added
         else:
             # Legacy layouts: special_tokens_map.json, added_tokens.json. Otherwise __init__ takes
             # tokenizer.json's own added tokens (the usual case).
             if files.get("special_tokens_map_file") is not None:
-                special_map = _read_json(files["special_tokens_map_file"], "special tokens map")
+                special_map = _read_special_tokens_map(files["special_tokens_map_file"])
                 for key, value in special_map.items():
                     if kwargs.get(key):
                         continue  # the caller's value wins
-                    if key in ("extra_special_tokens", "additional_special_tokens") and isinstance(value, list):
+                    if key in ("extra_special_tokens", "additional_special_tokens"):
                         existing = list(init.get("extra_special_tokens") or [])
                         for token in value:
-                            token = _as_added_token(token, special=True)
                             if token not in existing:
                                 existing.append(token)
                         init["extra_special_tokens"] = existing
                     else:
-                        init[key] = _as_added_token(value, special=True)
+                        init[key] = value
             if files.get("added_tokens_file") is not None:
                 specials = {str(init[k]) for k in SPECIAL_TOKENS_ATTRIBUTES if init.get(k)}
                 specials.update(str(t) for t in init.get("extra_special_tokens") or [])
                 added = {}
-                for content, idx in _read_json(files["added_tokens_file"], "added tokens file").items():
+                added_file = _read_json(files["added_tokens_file"], "added tokens file")
+                if not isinstance(added_file, dict) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in added_file.values()
+                ):
+                    raise ValueError(f"{files['added_tokens_file']} must map token strings to ids >= 0")
+                for content, idx in added_file.items():
                     is_special = content in specials
                     added[int(idx)] = AddedToken(content, normalized=not is_special, special=is_special)
                 if files.get("tokenizer_file") is not None:
@@ -805,6 +814,7 @@ class GPTNeoXTokenizerFast:
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> str | None | list[str | None]:
         """Id(s) (ints, lists, tensors, arrays) → token string(s); None for an unknown id."""
         ids = _to_py(ids)
+        _check_ids(ids, "ids")
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
@@ -1103,6 +1113,7 @@ class GPTNeoXTokenizerFast:
         except Exception as err:  # the Rust backend raises bare Exceptions
             if "runcat" in str(err):
                 raise ValueError(f"truncation={truncation!r} to max_length={max_length}: {err}") from None
+            _explain_bad_text(inputs)  # raises a ValueError naming the element, when it finds one
             raise
 
     def encode(
@@ -1262,6 +1273,7 @@ class GPTNeoXTokenizerFast:
         token_ids = _to_py(token_ids)
         if isinstance(token_ids, Mapping):
             token_ids = token_ids["input_ids"]
+        _check_ids(token_ids, "token_ids")
         if isinstance(token_ids, list) and token_ids and isinstance(token_ids[0], (list, tuple)):
             texts = self._tokenizer.decode_batch([list(s) for s in token_ids], skip_special_tokens=skip_special_tokens)
             return [self._clean_up(t, clean_up_tokenization_spaces) for t in texts]
@@ -1372,6 +1384,63 @@ def _added_tokens_by_id(decoder: Any) -> dict[int, Any]:
             raise ValueError(f"added_tokens_decoder[{idx!r}] is not a token: {token!r}")
         out[i] = token
     return out
+
+
+
+#: The backend stores ids as unsigned 32-bit integers.
+_MAX_ID = 2**32
+
+
+def _check_ids(ids: Any, name: str) -> None:
+    """An id, a list of ids, or a batch of lists: integers in [0, 2**32), else a ValueError naming ``name``.
+
+    Ids past the vocabulary but inside that range decode to "" as in transformers (models pad their
+    embedding beyond the tokenizer's vocabulary, and a sampled padding id must not crash a decode).
+    """
+    def bad(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} must hold integer token ids, got {value!r} ({type(value).__name__})"
+        if not 0 <= value < _MAX_ID:
+            return f"{name} holds {value}, not a token id (ids are integers in [0, 2**32))"
+        return None
+
+    if isinstance(ids, (list, tuple)):
+        for item in ids:
+            if isinstance(item, (list, tuple)):
+                for sub in item:
+                    problem = bad(sub)
+                    if problem:
+                        raise ValueError(problem)
+            else:
+                problem = bad(item)
+                if problem:
+                    raise ValueError(problem)
+    else:
+        problem = bad(ids)
+        if problem:
+            raise ValueError(problem)
+
+
+def _explain_bad_text(inputs: list[Any]) -> None:
+    """After the backend refused a batch: name the element that is not text, or the lone surrogate."""
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"{where} holds the lone surrogate {value[e.start]!r} at character {e.start}: not valid "
+                    "Unicode text (decode the source bytes with errors='replace' to keep going)"
+                ) from None
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        else:
+            raise ValueError(f"{where} is a {type(value).__name__} ({value!r:.40}); text must be str")
+
+    for i, item in enumerate(inputs):
+        walk(item, f"text[{i}]" if len(inputs) > 1 else "text")
 
 
 def _check_text(text: Any, name: str) -> None:
