@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .files import JSONFileError, atomic_write_text, parse_json, read_json, temp_path, write_error
+from .files import JSONFileError, file_mode, parse_json, read_json, temp_path, write_error
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -481,6 +481,48 @@ def parse_size(size: int | str) -> int:
     return value
 
 
+#: Called as ``hook(when, op, path)`` with when "before"/"after" around every file operation of a
+#: save (create, write, rename, link, remove); the fault-injection tests kill the process there.
+FILE_OP_HOOK: Callable[[str, str, str], None] | None = None
+
+
+def _op(op: str, path: Path, fn: Callable[[], Any]) -> Any:
+    hook = FILE_OP_HOOK
+    if hook is not None:
+        hook("before", op, str(path))
+    result = fn()
+    if hook is not None:
+        hook("after", op, str(path))
+    return result
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], tmp: Path, final: Path, metadata: dict[str, str]) -> None:
+    import safetensors.torch  # the Rust extension: loaded on the first save, not with neox
+
+    try:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, file_mode())  # safetensors writes the file anew, with mode 0600
+    except OSError as e:
+        raise write_error(final, e) from e
+    except Exception as e:  # SafetensorError("I/O error ...") names no file
+        raise OSError(f"could not write {final}: {e}") from e
+
+
+def current_weight_files(folder: Path) -> set[str]:
+    """The files the folder loads now, in the loader's order of preference (none if it does not load)."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return {name}
+        try:
+            return {name, *read_index(path).values()}
+        except CheckpointError:
+            return set()  # a corrupt index loads nothing: any file may be replaced
+    return set()
+
+
 def save_state_dict(
     state: dict[str, torch.Tensor],
     save_directory: Path,
@@ -490,12 +532,21 @@ def save_state_dict(
 ) -> list[Path]:
     """Write safetensors (sharded with an index above max_shard_size) plus ``extra_files``.
 
-    Every file is first written under a temporary name; only when all are complete are they
-    moved into place (index and config last), so a save that fails part-way leaves the previous
-    checkpoint as it was. Weight files of the other layout are then removed.
-    """
-    from safetensors.torch import save_file
+    The switch from the checkpoint in the folder to the new one is atomic: killed at any point,
+    the folder loads either entirely the old weights or entirely the new ones (in neox and in
+    transformers, which prefer the same files). Every file is first written under a temporary
+    name, so a failed write leaves the old checkpoint untouched. Then one operation commits:
 
+    * single file: renaming it onto ``model.safetensors``;
+    * sharded: new shards go under names the old checkpoint does not use (their usual names, or
+      fresh ``model-0000i-of-0000n-<tag>.safetensors`` names when the old shards have the usual
+      ones), and the index is renamed into place — or, replacing a single-file checkpoint, which
+      loaders prefer to an index, ``model.safetensors`` is removed.
+
+    After the commit, fresh names are hard-linked to the usual ones and the index rewritten (a
+    second commit of the same weights); files of the old checkpoint are removed. ``extra_files``
+    (config.json, generation_config.json) are each replaced atomically right after the weights.
+    """
     limit = parse_size(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -506,46 +557,113 @@ def save_state_dict(
             size = 0
         shards[-1][key] = tensor
         size += nbytes
-    if len(shards) == 1:
-        names = [SAFE_WEIGHTS_NAME]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    sharded = len(shards) > 1
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))] if sharded else [SAFE_WEIGHTS_NAME]
+    old = current_weight_files(save_directory)
+    tag = secrets.token_hex(4)
+    # A shard whose usual name the old checkpoint uses goes under a fresh name until the commit.
+    written = [
+        f"model-{i + 1:05d}-of-{len(shards):05d}-{tag}.safetensors" if sharded and name in old else name
+        for i, name in enumerate(names)
+    ]
 
     metadata = {"format": "pt", **(metadata or {})}
+    texts = dict(extra_files or {})
+    total = sum(t.numel() * t.element_size() for t in state.values())
     staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def stage(final: Path) -> Path:
+        tmp = _op("create", final, lambda: temp_path(final))
+        staged.append((tmp, final))
+        return tmp
+
     try:
-        for name, shard in zip(names, shards):
+        for name, shard in zip(written, shards):
             final = save_directory / name
-            tmp = temp_path(final)
-            staged.append((tmp, final))
-            save_file({k: v.detach().contiguous() for k, v in shard.items()}, str(tmp), metadata=metadata)
-        texts = dict(extra_files or {})
-        if len(shards) > 1:
-            total = sum(t.numel() * t.element_size() for t in state.values())
-            weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
-            texts[SAFE_WEIGHTS_INDEX_NAME] = json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True
-            ) + "\n"
+            tmp = stage(final)
+            tensors = {k: v.detach().contiguous() for k, v in shard.items()}
+            _op("write", tmp, lambda: _write_safetensors(tensors, tmp, final, metadata))
+        if sharded:
+            index_tmp = stage(save_directory / SAFE_WEIGHTS_INDEX_NAME)
+            _op("write", index_tmp, lambda: _write_text(index_tmp, _index_text(written, shards, total), index_tmp))
+        text_tmps = []
         for name, text in texts.items():
-            final = save_directory / name
-            tmp = temp_path(final)
-            staged.append((tmp, final))
-            tmp.write_text(text, encoding="utf-8")
-        # Everything is on disk: move into place. Weights first, index and config last.
-        for tmp, final in staged:
-            os.replace(tmp, final)
+            tmp = stage(save_directory / name)
+            _op("write", tmp, lambda: _write_text(tmp, text, save_directory / name))
+            text_tmps.append((tmp, save_directory / name))
+
+        # Everything is on disk. The shards, then the commit, then config.json & co.
+        for tmp, final in staged[: len(shards)]:
+            _op("rename", final, lambda: os.replace(tmp, final))
+        if sharded:
+            index_tmp, index = staged[len(shards)]
+            _op("rename", index, lambda: os.replace(index_tmp, index))
+            if SAFE_WEIGHTS_NAME in old:  # the single file wins over any index: removing it commits
+                _op("remove", save_directory / SAFE_WEIGHTS_NAME, (save_directory / SAFE_WEIGHTS_NAME).unlink)
+        for tmp, final in text_tmps:
+            _op("rename", final, lambda: os.replace(tmp, final))
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
 
-    written = {final.name for _, final in staged}
-    _remove_stale_weights(save_directory, keep=written)
-    return [final for _, final in staged]
+    if written != names:
+        written = _take_usual_names(save_directory, written, names, shards, total)
+    keep = set(written) | set(texts) | ({SAFE_WEIGHTS_INDEX_NAME} if sharded else set())
+    _remove_stale_weights(save_directory, keep=keep)
+    return [save_directory / name for name in [*written, *sorted(keep - set(written))]]
+
+
+def _index_text(names: list[str], shards: list[dict[str, torch.Tensor]], total: int) -> str:
+    weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
+    return json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True) + "\n"
+
+
+def _write_text(tmp: Path, text: str, final: Path) -> None:
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise write_error(final, e) from e
+
+
+def _take_usual_names(
+    folder: Path, written: list[str], names: list[str], shards: list[dict[str, torch.Tensor]], total: int
+) -> list[str]:
+    """After the commit: give fresh-named shards their usual names (hard links), rewrite the index.
+
+    The old shards under the usual names are no longer referenced, so replacing them is safe; the
+    index switches to the usual names in one rename. Where hard links are not supported, the shards
+    keep their fresh names (the checkpoint is complete and loads either way).
+    """
+    linked: list[Path] = []
+    try:
+        for fresh, usual in zip(written, names):
+            if fresh == usual:
+                continue
+            tmp = folder / f".{usual}.{secrets.token_hex(4)}.link"
+            _op("link", tmp, lambda: os.link(folder / fresh, tmp))
+            linked.append(tmp)
+            _op("rename", folder / usual, lambda: os.replace(tmp, folder / usual))
+        index = folder / SAFE_WEIGHTS_INDEX_NAME
+        index_tmp = _op("create", index, lambda: temp_path(index))
+        linked.append(index_tmp)
+        _op("write", index_tmp, lambda: _write_text(index_tmp, _index_text(names, shards, total), index))
+        _op("rename", index, lambda: os.replace(index_tmp, index))
+    except OSError as e:
+        logger.info("keeping the fresh shard names in %s (%s)", folder, e)
+        return written
+    finally:
+        for path in linked:
+            path.unlink(missing_ok=True)
+    return names
+
+
+_WEIGHT_FILE_PATTERN = re.compile(
+    r"^(model|pytorch_model)(-\d{5}-of-\d{5}(-[0-9a-f]{8})?)?\.(safetensors|bin)(\.index\.json)?$"
+)
 
 
 def _remove_stale_weights(folder: Path, keep: set[str]) -> None:
-    pattern = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
-    for path in folder.iterdir():
-        if pattern.match(path.name) and path.name not in keep and path.is_file():
+    for path in sorted(folder.iterdir()):
+        if _WEIGHT_FILE_PATTERN.match(path.name) and path.name not in keep and path.is_file():
             logger.info("removing stale weight file %s", path)
-            path.unlink()
+            _op("remove", path, path.unlink)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JSONFileError", "parse_json", "read_json", "atomic_write_text", "temp_path", "write_error"]
+__all__ = ["JSONFileError", "parse_json", "read_json", "atomic_write_text", "temp_path", "write_error", "file_mode"]
 
 #: Deeper than any real config or tokenizer file (tokenizer.json nests ~6 levels); deeper
 #: nesting would otherwise surface as a RecursionError in json or in a later copy.
@@ -133,12 +133,13 @@ def temp_path(path: Path) -> Path:
     """
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(name, 0o666 & ~_umask())
+    os.chmod(name, file_mode())
     return Path(name)
 
 
-def _umask() -> int:
-    # The umask can only be read by setting it; done once per temporary file, around nothing else.
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process umask."""
+    # The umask can only be read by setting it; set back at once.
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
