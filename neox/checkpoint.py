@@ -17,7 +17,8 @@ Where neox is stricter than transformers 5.24:
 * shard names in an index must be plain file names inside the checkpoint folder (transformers
   follows ``../``), and must be regular files (a FIFO would hang the load);
 * each tensor is read from the shard the index assigns it to; a shard holding a tensor the index
-  puts elsewhere (or does not list) is named in a warning and that copy is not used;
+  puts elsewhere is named in a warning and that copy is not used (transformers takes whichever
+  shard comes last); a tensor the index does not list is loaded, with a warning;
 * a truncated or corrupt safetensors file is reported with its name before any tensor is read;
 * saving removes stale weight files of the other layout (transformers leaves a stale
   model.safetensors beside new shards, and silently loads the stale file next time).
@@ -315,13 +316,13 @@ def _keys_to_read(checkpoint: Checkpoint, path: Path, present: list[str], assign
             path, ", ".join(repr(k) for k in elsewhere[:5]) + (f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""),
             checkpoint.index.name,
         )
-    if unlisted:
+    if unlisted:  # loaded, as transformers loads every tensor of every shard
         logger.warning(
-            "%s holds %s, which %s does not list; ignored",
+            "%s holds %s, which %s does not list; loaded from this shard",
             path, ", ".join(repr(k) for k in unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else ""),
             checkpoint.index.name,
         )
-    return [k for k in present if k in assigned]
+    return [k for k in present if k in assigned or k not in checkpoint.weight_map]
 
 
 def _convert(t: torch.Tensor, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:

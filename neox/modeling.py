@@ -548,7 +548,8 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             check_inputs_embeds(inputs_embeds, config.hidden_size)
             B, T = inputs_embeds.shape[:2]
         if T == 0 or B == 0:
-            raise ValueError(f"empty input: batch {B} × sequence length {T}; nothing to run")
+            which = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"empty input: {which} has batch {B} × sequence length {T}; nothing to run")
 
         if use_cache is None:
             # config.use_cache, except while training: a cache is never read there, only held.
