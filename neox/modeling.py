@@ -40,7 +40,14 @@ from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
 from .loading import load_pretrained, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from .validation import check_input_ids, check_inputs_embeds, check_labels, check_logits_to_keep, check_past
+from .validation import (
+    check_input_ids,
+    check_inputs_embeds,
+    check_labels,
+    check_logits_to_keep,
+    check_past,
+    check_position_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -587,10 +594,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             if attention_mask.dim() not in (2, 4):
                 raise ValueError(f"attention_mask must be 2-D (batch, seq) or 4-D, got {attention_mask.dim()}-D")
         if position_ids is not None:
-            if position_ids.dim() == 1:
-                position_ids = position_ids[None]
-            if position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
-                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({B}, {T})")
+            position_ids = check_position_ids(position_ids, B, T)
         if head_mask is not None:
             head_mask = self._head_mask(head_mask)
 

@@ -15,7 +15,7 @@ import torch
 
 __all__ = [
     "is_tracing", "check_input_ids", "check_inputs_embeds", "check_labels", "check_past",
-    "check_logits_to_keep",
+    "check_logits_to_keep", "check_position_ids",
 ]
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
@@ -50,6 +50,19 @@ def check_inputs_embeds(inputs_embeds: Any, hidden_size: int) -> None:
         raise ValueError(
             f"inputs_embeds must be (batch, seq_len, {hidden_size}), got {tuple(inputs_embeds.shape)}"
         )
+
+
+def check_position_ids(position_ids: Any, batch: int, seq_len: int) -> torch.Tensor:
+    """(T,) or (B|1, T) positions, as a (B|1, T) tensor."""
+    if not isinstance(position_ids, torch.Tensor):
+        raise TypeError(f"position_ids must be a torch.Tensor, got {type(position_ids).__name__}")
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    if position_ids.dim() != 2 or position_ids.shape[-1] != seq_len or position_ids.shape[0] not in (1, batch):
+        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({batch}, {seq_len})")
+    if position_ids.dtype == torch.bool or position_ids.is_complex():
+        raise TypeError(f"position_ids must hold integer positions, got {position_ids.dtype}")
+    return position_ids
 
 
 def check_labels(labels: Any, vocab_size: int, ignore_index: int = -100) -> None:

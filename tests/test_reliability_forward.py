@@ -80,6 +80,16 @@ def test_past_that_does_not_fit_the_model(model, past, error, match):
         model(IDS, past_key_values=past)
 
 
+@pytest.mark.parametrize("position_ids, error, match", [
+    (torch.zeros(2, 4, 2, dtype=torch.long), ValueError, "position_ids has shape"),
+    (list(range(4)), TypeError, "position_ids must be a torch.Tensor"),
+    (torch.ones(2, 4, dtype=torch.bool), TypeError, "integer positions"),
+])
+def test_bad_position_ids(model, position_ids, error, match):
+    with pytest.raises(error, match=match):
+        model(IDS, position_ids=position_ids)
+
+
 @pytest.mark.parametrize("keep, error, match", [
     (torch.tensor([4]), ValueError, "position 4"),
     (torch.tensor([-5]), ValueError, "position -5"),

@@ -523,7 +523,8 @@ def case_forward(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, 
         ])
     elif arg == "position_ids":
         args["position_ids"] = rng.choice([torch.arange(T + 1)[None], torch.arange(T)[None].expand(B + 1, T),
-                                           torch.zeros(B, T, 2, dtype=torch.long)])
+                                           torch.zeros(B, T, 2, dtype=torch.long), list(range(T)),
+                                           torch.ones(B, T, dtype=torch.bool)])
     elif arg == "labels":
         args["labels"] = rng.choice([ids.float(), ids + V, ids - 200, ids[:, :-1] if T > 1 else ids[:, :0],
                                      ids.tolist(), torch.full((B, T), -101)])
@@ -543,6 +544,8 @@ def case_forward(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, 
                                              "all"])
     elif arg == "head_mask":
         args["head_mask"] = rng.choice([torch.ones(H + 1), torch.ones(L + 1, H), torch.ones(2, 2, 2)])
+    elif arg == "valid" and rng.random() < 0.5:  # equivalent forms must give the same logits
+        return _equivalent_forms(rng, model, ids, B, T)
     else:  # a valid combination: it must work
         bad = False
         if rng.random() < 0.5:
@@ -564,6 +567,30 @@ def case_forward(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, 
         return "silent", what, "accepted a bad argument"
     if not torch.isfinite(out.logits).all() or out.logits.shape[0] != B or out.logits.shape[-1] != V:
         return "silent", what, f"logits {tuple(out.logits.shape)}"
+    return "correct", what, ""
+
+
+def _equivalent_forms(rng: random.Random, model: Any, ids: Any, B: int, T: int) -> tuple[str, str, Any]:
+    """The cache, inputs_embeds and logits_to_keep give the plain forward's logits."""
+    import torch
+
+    with torch.no_grad():
+        full = model(ids).logits
+        form = rng.choice(["cache", "embeds", "keep"])
+        if form == "cache" and T > 1:
+            cut = rng.randint(1, T - 1)
+            past = model(ids[:, :cut]).past_key_values
+            if rng.random() < 0.5:
+                past = tuple(past)  # the legacy tuple form
+            got, want = model(ids[:, cut:], past_key_values=past).logits, full[:, cut:]
+        elif form == "embeds":
+            got, want = model(inputs_embeds=model.gpt_neox.embed_in(ids)).logits, full
+        else:
+            keep = torch.tensor(sorted(rng.sample(range(-T, T), k=min(T, 2))))
+            got, want = model(ids, logits_to_keep=keep).logits, full[:, keep]
+    what = f"equivalent:{form} B={B} T={T}"
+    if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5, rtol=1e-5):
+        return "silent", what, f"logits differ by {(got - want).abs().max().item() if got.shape == want.shape else got.shape}"
     return "correct", what, ""
 
 
