@@ -139,7 +139,19 @@ def temp_path(path: Path) -> Path:
 
 def file_mode() -> int:
     """The mode ``open(path, "w")`` gives a new file: 0666 less the process umask."""
-    # The umask can only be read by setting it; set back at once.
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports the umask in /proc; elsewhere it can only be read by setting it (and setting
+    # it back), which another thread creating a file at that instant would see.
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
