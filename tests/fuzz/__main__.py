@@ -8,6 +8,7 @@ import sys
 import time
 
 from .harness import GOOD, run
+from .surfaces import SURFACES
 
 
 def main() -> int:
@@ -19,9 +20,15 @@ def main() -> int:
     parser.add_argument("--address-space", type=int, default=4 * 2**30, help="RLIMIT_AS of each worker, bytes")
     parser.add_argument("--only", type=int, nargs="*", help="run only these case numbers")
     parser.add_argument("--json", help="write every case's result to this file")
+    parser.add_argument("--surfaces", default=",".join(SURFACES), help=f"comma-separated, of {','.join(SURFACES)}")
     args = parser.parse_args()
     start = time.monotonic()
-    report = run(args.cases, args.seed, args.workers, args.timeout, args.address_space, args.only, progress=True)
+    surfaces = tuple(args.surfaces.split(","))
+    unknown = set(surfaces) - set(SURFACES)
+    if unknown:
+        parser.error(f"unknown surfaces {sorted(unknown)}; choose from {SURFACES}")
+    report = run(args.cases, args.seed, args.workers, args.timeout, args.address_space, args.only, progress=True,
+                 surfaces=surfaces)
     print(report.summary())
     print(f"{time.monotonic() - start:.0f} s")
     if args.only:

@@ -126,12 +126,13 @@ def run(
     address_space: int = 4 * 2**30,
     only: list[int] | None = None,
     progress: bool = False,
+    surfaces: tuple[str, ...] = SURFACES,
 ) -> Report:
     """Run cases 0..cases-1 of ``seed`` (or only the listed ones); round-robin over the surfaces."""
     ids = only if only is not None else list(range(cases))
     todo: queue.Queue = queue.Queue()
     for i in ids:
-        todo.put({"seed": seed, "case": i, "surface": SURFACES[i % len(SURFACES)]})
+        todo.put({"seed": seed, "case": i, "surface": surfaces[i % len(surfaces)]})
     report = Report(seed)
     lock = threading.Lock()
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SURFACES = ("config", "safetensors", "index", "tokenizer", "forward", "saves")
+SURFACES = ("config", "safetensors", "index", "tokenizer", "forward", "saves", "generate")
 
 TINY = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64)
@@ -192,8 +192,24 @@ def case_config(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, s
     folder = fx.copy(fx.single, scratch)
     path = folder / "config.json"
     data = json.loads(path.read_text())
-    kind = rng.choice(["field", "field", "size", "remove", "bytes", "model_type"])
+    kind = rng.choice(["field", "field", "size", "remove", "bytes", "model_type", "generation_config"])
     names = ["config.json"]
+    if kind == "generation_config":
+        gpath = folder / "generation_config.json"
+        gdata = json.loads(gpath.read_text())
+        key = rng.choice(["temperature", "top_k", "top_p", "max_new_tokens", "max_length", "num_beams",
+                          "do_sample", "eos_token_id", "pad_token_id", "repetition_penalty", "bad_words_ids",
+                          "stop_strings", *gdata])
+        if rng.random() < 0.2:
+            raw, sub = corrupt_bytes(rng, gpath.read_bytes())
+            gpath.write_bytes(raw)
+            what = f"generation_config.json bytes:{sub}"
+        else:
+            gdata[key] = bad_value(rng)
+            gpath.write_text(json.dumps(gdata))
+            what = f"generation_config.json:{key}={json.dumps(gdata[key])[:60]}"
+        return _load_and_judge(lambda: GPTNeoXForCausalLM.from_pretrained(folder), fx,
+                               ["generation_config.json", key], what)
     if kind == "bytes":
         raw, what = corrupt_bytes(rng, path.read_bytes())
         path.write_bytes(raw)
@@ -618,6 +634,80 @@ def _short(value: Any) -> str:
     return repr(value)[:30]
 
 
+# ------------------------------------------------------------------------------------ generate()
+
+GENERATE_BAD: dict[str, list[Any]] = {
+    "temperature": [float("inf"), float("nan"), -1.0, "hot", [1.0]],
+    "top_k": [-1, 1.5, "5", float("inf")],
+    "top_p": [2.0, -0.5, float("nan"), "x"],
+    "max_new_tokens": [-1, 1.5, "5", 10**9, 10**15, 2**62, float("inf")],
+    "max_length": [-3, 10**12, "long"],
+    "num_beams": [0, -2, 1.5, "2"],
+    "num_return_sequences": [0, -1, 99],
+    "repetition_penalty": [0.0, -1.0, float("inf"), float("nan")],
+    "length_penalty": [float("nan"), float("inf")],
+    "do_sample": ["yes", 2, [True]],
+    "eos_token_id": [-5, 10**6, "eos", [1, "x"], 1.5],
+    "pad_token_id": [-2, 10**9, "pad"],
+    "bad_words_ids": [[[-1]], [["a"]], [1, 2], "bad", [[10**6]]],
+    "min_new_tokens": [-1, "3"],
+    "no_repeat_ngram_size": [-1, 1.5],
+    "stop_strings": [3, [3], [""]],
+    "attention_mask": ["shape", "list"],
+    "not_an_argument": [1],
+}
+
+
+#: "Bad" values that are legal, harmless settings: accepted and working is a correct result.
+GENERATE_HARMLESS = {
+    ("max_length", repr(10**12)),  # max_new_tokens, given too, wins (as in transformers)
+    ("eos_token_id", repr(10**6)),  # an end token the model never emits: decoding runs to the length
+    ("bad_words_ids", repr([[10**6]])),  # a banned id the model never emits
+    ("pad_token_id", repr(10**9)),  # only written after an eos; checked below if it ever is
+}
+
+
+def case_generate(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, str, Any]:
+    import torch
+
+    model = _forward_model(fx)
+    B, T = rng.randint(1, 2), rng.randint(1, 5)
+    ids = torch.randint(0, 128, (B, T))
+    kwargs: dict[str, Any] = {"max_new_tokens": rng.randint(1, 6), "pad_token_id": 0}
+    if rng.random() < 0.4:
+        kwargs.update(do_sample=True, temperature=0.7, top_k=20)
+    if rng.random() < 0.2:
+        kwargs.update(num_beams=2)
+    bad = rng.random() < 0.8
+    arg = "valid"
+    if bad:
+        arg = rng.choice(list(GENERATE_BAD))
+        value = rng.choice(GENERATE_BAD[arg])
+        if arg == "attention_mask":
+            value = torch.ones(B, T + 1, dtype=torch.long) if value == "shape" else [[1] * T] * B
+        if arg == "num_return_sequences":
+            kwargs["num_beams"] = 1 if value == 99 else kwargs.get("num_beams", 1)
+        kwargs[arg] = value
+    what = f"{arg}: " + ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items()) + f", input_ids={B}x{T}"
+    torch.manual_seed(rng.randrange(2**31))
+    try:
+        with torch.no_grad():
+            out = model.generate(ids, **kwargs)
+    except BaseException as e:  # noqa: BLE001
+        outcome, detail = classify(e, [arg] if bad else [])
+        if not bad:
+            return ("raw" if outcome == "clean" else outcome), what, "valid arguments refused: " + detail
+        return outcome, what, detail
+    if bad and (arg, repr(kwargs[arg])) not in GENERATE_HARMLESS:
+        return "silent", what, f"accepted {arg}={_short(kwargs[arg])}"
+    seqs = out if isinstance(out, torch.Tensor) else out.sequences
+    if seqs.dim() != 2 or seqs.shape[1] < T or not torch.equal(seqs[: B, :T], ids) and seqs.shape[0] == B:
+        return "silent", what, f"output {tuple(seqs.shape)} does not continue the prompt"
+    if seqs.min() < 0 or seqs.max() >= 128:
+        return "silent", what, f"output holds ids outside the vocabulary: {seqs.tolist()}"
+    return "correct", what, ""
+
+
 # ------------------------------------------------------------------------------------ saves
 
 
@@ -757,7 +847,7 @@ def _judge_folder(folder: Path, old: dict, new: dict, what: str, allow: tuple[st
 # ------------------------------------------------------------------------------------ dispatch
 
 CASES = {"config": case_config, "safetensors": case_safetensors, "index": case_index, "tokenizer": case_tokenizer,
-         "forward": case_forward, "saves": case_saves}
+         "forward": case_forward, "saves": case_saves, "generate": case_generate}
 
 
 def run_case(case: dict, fx: Fixtures) -> dict:
