@@ -63,6 +63,7 @@ FILE_CASES = {
     "padding a list": (_edit("tokenizer.json", lambda d: _set(d, "padding", [1])), "tokenizer.json", "padding"),
     "truncation direction odd": (_edit("tokenizer.json", lambda d: _set(d, "truncation", {"direction": "Up"})), "tokenizer.json", "truncation.direction"),
     "vocab id negative": (_edit("tokenizer.json", lambda d: (d["model"]["vocab"].update({"zz": -3}), d)[1]), "tokenizer.json", "model.vocab"),
+    "vocab list of nested lists": (_edit("tokenizer.json", lambda d: (d["model"].update(vocab=[[[[]]]]), d)[1]), "tokenizer.json", "model.vocab"),
     "merge not a pair": (_edit("tokenizer.json", lambda d: (d["model"]["merges"].append(["a", "b", "c"]), d)[1]), "tokenizer.json", "model.merges"),
     "special map a list": (_edit("special_tokens_map.json", lambda d: ["<|endoftext|>"]), "special_tokens_map.json", "JSON object"),
     "extra special tokens a string": (_edit("special_tokens_map.json", lambda d: _set(d, "additional_special_tokens", "<|endoftext|>")), "special_tokens_map.json", "list of tokens"),

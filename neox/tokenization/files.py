@@ -133,8 +133,12 @@ def _read_tokenizer_json(path: Path) -> dict[str, Any]:
             "GPTNeoXTokenizerFast needs a byte-level BPE vocabulary with merges"
         )
     vocab = model["vocab"]
-    if isinstance(vocab, list):
-        vocab = {(tok[0] if isinstance(tok, list) and tok else tok): i for i, tok in enumerate(vocab)}
+    if isinstance(vocab, list):  # [token, ...] or [[token, score], ...]
+        tokens = [tok[0] if isinstance(tok, list) and tok else tok for tok in vocab]
+        bad = next((i for i, tok in enumerate(tokens) if not isinstance(tok, str)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: model.vocab[{bad}] is {vocab[bad]!r:.60}; expected a token string")
+        vocab = {tok: i for i, tok in enumerate(tokens)}
     for token, idx in vocab.items():
         if not isinstance(token, str) or isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < 2**32:
             raise ValueError(f"{path}: model.vocab maps {token!r} to {idx!r}; expected token string → id >= 0")
