@@ -161,7 +161,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
             raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
         if use_safetensors is False:
             logger.info("use_safetensors=False: neox still prefers safetensors files when present")
-        check_config_against_weights(config, checkpoint)
+        if not ignore_mismatched_sizes:  # asked to re-initialise what does not fit: checked per tensor
+            check_config_against_weights(config, checkpoint)
         dtype = resolve_dtype(dtype, files, config)
         device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
         tensors = ((path.name, key, tensor) for path, key, tensor in iter_checkpoint(checkpoint, dtype, device))
@@ -254,7 +255,8 @@ def check_config_against_weights(config: GPTNeoXConfig, checkpoint: Checkpoint) 
             if tuple(shape) != want:
                 raise ValueError(
                     f"{where.name}: tensor {key!r} has shape {tuple(shape)}, but the model built from config.json "
-                    f"needs {want} for 'embed_in.weight' (config.vocab_size, config.hidden_size)"
+                    f"needs {want} for 'embed_in.weight' (config.vocab_size, config.hidden_size; "
+                    "ignore_mismatched_sizes=True initialises it anew)"
                 )
     layers = {int(m[1]) for key in shapes if (m := _LAYER_KEY.search(key))}
     if layers and config.num_hidden_layers > max(layers) + 1:
