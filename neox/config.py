@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 from .hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,18 @@ ROPE_TYPES = ("default", "linear", "dynamic")
 
 #: problem_type values of the sequence-classification head (None: chosen at the first loss).
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+#: Upper bounds no real GPT-NeoX-style model comes near (the largest public ones: vocab ~256k,
+#: hidden 16k, 128 layers, 128 heads, intermediate 64k, context 1M). A value above one is a typo
+#: or a corrupt file; building from it would hang or overflow inside torch instead of failing here.
+MAX_SIZES = {
+    "vocab_size": 2**24,
+    "hidden_size": 2**17,
+    "num_hidden_layers": 4096,
+    "num_attention_heads": 4096,
+    "intermediate_size": 2**20,
+    "max_position_embeddings": 2**26,
+}
 
 # Keys that only describe the file, not the model; accepted and not kept as "unknown".
 _IGNORED_KEYS = {"transformers_version", "model_type", "_name_or_path", "_commit_hash", "_attn_implementation_autoset"}
@@ -291,6 +303,11 @@ class GPTNeoXConfig:
                 raise ValueError(f"config.{name} must be an integer, got {value!r} ({type(value).__name__})")
             if value <= 0:
                 raise ValueError(f"config.{name} must be positive, got {value}")
+            if value > MAX_SIZES[name]:
+                raise ValueError(
+                    f"config.{name} = {value} is larger than any real model's (limit {MAX_SIZES[name]}); "
+                    "is the config file corrupt?"
+                )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"config.hidden_size ({self.hidden_size}) must be divisible by "
@@ -409,6 +426,17 @@ class GPTNeoXConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        model_type = data.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            # transformers only warns here, then loads the weights of another architecture into
+            # a GPT-NeoX model (missing keys newly initialised): a model that is silently wrong.
+            raise ValueError(
+                f"config.model_type is {model_type!r}; GPTNeoXConfig reads only {cls.model_type!r} configs "
+                "(the weights of another architecture do not fit a GPT-NeoX model)"
+            )
+        bad = [k for k in data if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"config keys must be strings, got {bad[0]!r}")
         unused: dict[str, Any] = {}
         if return_unused_kwargs:
             known = _known_keys()
@@ -423,10 +451,7 @@ class GPTNeoXConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "GPTNeoXConfig":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        data = read_json(path)
         try:
             return cls.from_dict(data)
         except ValueError as e:

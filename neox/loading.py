@@ -1,16 +1,16 @@
 """from_pretrained / save_pretrained for the GPT-NeoX models.
 
 Loading builds the model on the meta device (no memory, no random init) and assigns each
-checkpoint tensor to its parameter, so the weights exist once: a safetensors tensor already in
-the requested dtype on the CPU is a view of the memory-mapped file; any other tensor is read
-with plain file reads, converted and moved one at a time.
+checkpoint tensor to its parameter, so the weights exist once. Reading the files (memory-mapped
+views, or tensors converted one at a time on the way in) is :mod:`neox.checkpoint`'s job; this
+module only resolves the arguments, builds the model and assigns what the reader yields.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
+import re
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -21,12 +21,13 @@ from torch import nn
 
 from .checkpoint import (
     IGNORED_KEY_PATTERN,
+    Checkpoint,
     CheckpointError,
-    check_safetensors_header,
     checkpoint_dtype,
-    find_weight_files,
-    iter_checkpoint_tensors,
+    find_checkpoint,
+    iter_checkpoint,
     save_state_dict,
+    tensor_shapes,
 )
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
@@ -46,12 +47,6 @@ _DTYPES = {
     "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float64": torch.float64, "double": torch.float64,
-}
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
 }
 
 # Accepted and ignored: they only tune transformers' own loader, which neox does not need
@@ -177,14 +172,20 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     placed = is_device_map(device_arg)
     paths: dict[str, Path] = {}  # file name → file, for placement to memory-map disk weights
     if state_dict is None:
-        files = find_weight_files(name, options)
+        checkpoint = find_checkpoint(name, options)
+        files = checkpoint.files
         if use_safetensors is True and not files[0].name.endswith(".safetensors"):
             raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
         if use_safetensors is False:
             logger.info("use_safetensors=False: neox still prefers safetensors files when present")
+        if not ignore_mismatched_sizes:  # asked to re-initialise what does not fit: checked per tensor
+            check_config_against_weights(config, checkpoint)
         dtype = resolve_dtype(dtype, files, config)
         weight_bytes = sum(f.stat().st_size for f in files)
-        read = partial(_iter_tensors, files, dtype)
+
+        def read(device: torch.device) -> Iterator[tuple[str, str, torch.Tensor]]:
+            return ((path.name, key, t) for path, key, t in iter_checkpoint(checkpoint, dtype, device))
+
         paths = {f.name: f for f in files}
     else:
         if tp_plan is not None:
@@ -281,6 +282,38 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     return model
 
 
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def check_config_against_weights(config: GPTNeoXConfig, checkpoint: Checkpoint) -> None:
+    """Refuse a config the weights contradict, before building anything from it.
+
+    Read from the safetensors headers alone (no tensor is read): the embedding's shape gives
+    vocab_size × hidden_size, the tensor names the layer count. A config with fewer layers than
+    the checkpoint is allowed (the first layers load, the rest are reported unused), as in
+    transformers; more layers than the checkpoint holds would build layers from nothing.
+    """
+    shapes = tensor_shapes(checkpoint)
+    if shapes is None:  # .bin files: shapes are only known by loading them; checked per tensor then
+        return
+    where = checkpoint.index or checkpoint.files[0]
+    for key, shape in shapes.items():
+        if key.endswith("embed_in.weight") and len(shape) == 2:
+            want = (config.vocab_size, config.hidden_size)
+            if tuple(shape) != want:
+                raise ValueError(
+                    f"{where.name}: tensor {key!r} has shape {tuple(shape)}, but the model built from config.json "
+                    f"needs {want} for 'embed_in.weight' (config.vocab_size, config.hidden_size; "
+                    "ignore_mismatched_sizes=True initialises it anew)"
+                )
+    layers = {int(m[1]) for key in shapes if (m := _LAYER_KEY.search(key))}
+    if layers and config.num_hidden_layers > max(layers) + 1:
+        raise ValueError(
+            f"config.num_hidden_layers is {config.num_hidden_layers}, but {where.name} holds weights for "
+            f"{max(layers) + 1} layers"
+        )
+
+
 def _config_fields() -> set[str]:
     import dataclasses
 
@@ -304,24 +337,6 @@ def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | N
     return key
 
 
-def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, str, torch.Tensor]]:
-    def convert(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-
-    for path in files:
-        if path.name.endswith(".safetensors"):
-            if device.type == "cpu" and checkpoint_dtype([path]) in (dtype, None):
-                # Zero-copy: tensors are views of the memory-mapped file.
-                for key, tensor in iter_checkpoint_tensors([path]):
-                    yield path.name, key, convert(tensor)
-            else:
-                for key, tensor in _read_safetensors(path, dtype, device):
-                    yield path.name, key, tensor
-        else:
-            for key, tensor in iter_checkpoint_tensors([path]):
-                yield path.name, key, convert(tensor)
-
-
 def _iter_state_dict(
     state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device
 ) -> Iterator[tuple[str, str, torch.Tensor]]:
@@ -332,59 +347,6 @@ def _iter_state_dict(
         if out.data_ptr() == tensor.data_ptr() and out.numel():
             out = out.clone()  # never share storage with the caller's tensors (another model's weights)
         yield "state_dict", key, out
-
-
-#: Bytes read per step when a tensor is converted on the way in (dtype or device change).
-_CHUNK_BYTES = 16 * 2**20
-
-
-def _read_safetensors(path: Path, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Read tensors one by one with plain reads, each straight into its final dtype and device.
-
-    A tensor that needs converting is read through one reused 16 MiB staging buffer, so the
-    peak is the converted weights plus that buffer — not plus a full-precision copy of the
-    largest tensor (the 50k × 1k embedding of a 410M model is 206 MB in fp32).
-    """
-    header = check_safetensors_header(path)
-    staging = None
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        base = 8 + n
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            src_dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-            if src_dtype is None:
-                raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            out_dtype = dtype if src_dtype.is_floating_point else src_dtype
-            out = torch.empty(info["shape"], dtype=out_dtype, device=device)
-            itemsize = torch.empty((), dtype=src_dtype).element_size()
-            numel = out.numel()
-            if end - start != numel * itemsize:
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} has {end - start} bytes, its shape needs {numel * itemsize}"
-                )
-            f.seek(base + start)
-            if out_dtype == src_dtype and device.type == "cpu":
-                _read_exact(f, out.reshape(-1).view(torch.uint8), path, key)
-            else:
-                if staging is None:
-                    staging = torch.empty(_CHUNK_BYTES, dtype=torch.uint8)
-                per_chunk = max(1, _CHUNK_BYTES // itemsize)
-                flat = out.view(-1)
-                for i in range(0, numel, per_chunk):
-                    k = min(per_chunk, numel - i)
-                    chunk = staging[: k * itemsize]
-                    _read_exact(f, chunk, path, key)
-                    flat[i : i + k].copy_(chunk.view(src_dtype))
-            yield key, out
-
-
-def _read_exact(f: Any, buffer: torch.Tensor, path: Path, key: str) -> None:
-    """Fill a contiguous uint8 CPU tensor from the file, or say which tensor is cut short."""
-    if buffer.numel() and f.readinto(memoryview(buffer.numpy())) != buffer.numel():
-        raise CheckpointError(f"{path} is truncated inside tensor {key!r}")
 
 
 def _materialize_missing(model: nn.Module, missing: list[str], dtype: torch.dtype, device: torch.device) -> None:

@@ -42,7 +42,14 @@ from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
 from .loading import load_pretrained, resolve_dtype, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from .validation import check_input_ids
+from .validation import (
+    check_input_ids,
+    check_inputs_embeds,
+    check_labels,
+    check_logits_to_keep,
+    check_past,
+    check_position_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -774,13 +781,11 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             check_input_ids(input_ids, self.embed_in.num_embeddings)
             B, T = input_ids.shape
         else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-                raise ValueError(
-                    f"inputs_embeds must be (batch, seq_len, {config.hidden_size}), got {tuple(inputs_embeds.shape)}"
-                )
+            check_inputs_embeds(inputs_embeds, config.hidden_size)
             B, T = inputs_embeds.shape[:2]
         if T == 0 or B == 0:
-            raise ValueError(f"empty input: batch {B} × sequence length {T}; nothing to run")
+            which = "input_ids" if input_ids is not None else "inputs_embeds"
+            raise ValueError(f"empty input: {which} has batch {B} × sequence length {T}; nothing to run")
 
         if use_cache is None:
             # config.use_cache, except while training: a cache is never read there, only held.
@@ -796,6 +801,8 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
                 foreign, past = past, CacheProtocolAdapter(past)
             else:
                 past = KVCache.from_legacy_cache(past, extra_capacity=T)
+        if isinstance(past, KVCache) and len(self.layers):
+            check_past(past, len(self.layers), self.num_local_heads, config.head_size)
         if past is not None and past.batch_size not in (B, None):
             raise ValueError(f"past_key_values holds batch size {past.batch_size}, the input has {B}")
         past_len = past.length if past is not None else 0
@@ -818,10 +825,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             if attention_mask.dim() not in (2, 4):
                 raise ValueError(f"attention_mask must be 2-D (batch, seq) or 4-D, got {attention_mask.dim()}-D")
         if position_ids is not None:
-            if position_ids.dim() == 1:
-                position_ids = position_ids[None]
-            if position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
-                raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({B}, {T})")
+            position_ids = check_position_ids(position_ids, B, T)
         if head_mask is not None:
             head_mask = self._head_mask(head_mask)
 
@@ -1033,14 +1037,15 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         """
         if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             raise ValueError("labels need logits for every position: do not combine them with logits_to_keep")
+        if labels is not None:
+            check_labels(labels, self.config.vocab_size)
         out = self.gpt_neox._forward_checked(
             input_ids, attention_mask, position_ids, inputs_embeds, head_mask,
             _pick_cache(past_key_values, cache), use_cache, output_attentions, output_hidden_states,
         )
         h = out.last_hidden_state
+        check_logits_to_keep(logits_to_keep, h.shape[1])
         if isinstance(logits_to_keep, int):
-            if logits_to_keep < 0:
-                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
             if logits_to_keep:
                 h = h[:, -logits_to_keep:]
         else:

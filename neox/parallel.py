@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import CheckpointError, check_safetensors_header
+from .checkpoint import CheckpointError, read_safetensors_header
 from .config import GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
@@ -208,12 +208,6 @@ def local_slice(param: torch.Tensor) -> tuple[slice, ...] | None:
     return tuple(index)
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
 #: Rows read per step when a column block is cut out of a row-major tensor.
 _STAGING_BYTES = 16 * 2**20
 
@@ -242,19 +236,13 @@ def iter_local_tensors(
                 f"{path.name}: tensor-parallel loading reads slices of safetensors files; convert the "
                 "checkpoint once with save_pretrained (safetensors) and load that"
             )
-        header = check_safetensors_header(path)
+        header = read_safetensors_header(path)  # validated: dtype, shape and offsets are sound
         with open(path, "rb") as f:
-            base = 8 + int.from_bytes(f.read(8), "little")
-            for key, info in header.items():
-                if key == "__metadata__":
-                    continue
-                src = _SAFETENSORS_DTYPES.get(info["dtype"])
-                if src is None:
-                    raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-                shape = tuple(info["shape"])
+            for key, entry in header.tensors.items():
+                src, shape = entry.dtype, entry.shape
                 param = target(key)
                 index = local_slice(param) if param is not None and tuple(param.shape) == shape else None
-                block = _read_block(f, path, key, base + info["data_offsets"][0], shape, src, index)
+                block = _read_block(f, path, key, header.data_start + entry.start, shape, src, index)
                 block = block.to(device=device, dtype=dtype if src.is_floating_point else src)
                 if index is not None:
                     block = dt.DTensor.from_local(block, param.device_mesh, param.placements, run_check=False,

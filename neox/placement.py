@@ -30,7 +30,6 @@ import logging
 import mmap
 import os
 import re
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from .cache import KVCache
-from .checkpoint import check_safetensors_header
+from .checkpoint import read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +54,6 @@ Device = Union[torch.device, str]
 _DISK = "disk"
 _CPU = torch.device("cpu")
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 def is_device_map(device_map: Any) -> bool:
@@ -415,15 +409,8 @@ def compact_map(model: nn.Module, devices: Mapping[str, Device]) -> dict[str, in
 
 def _layout(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
     """{name: (dtype, shape, first byte, end byte)} of a safetensors file, offsets from the file's start."""
-    header = check_safetensors_header(path)  # names the file if it is truncated or corrupt
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    out = {}
-    for key, info in header.items():
-        if key != "__metadata__":
-            start, end = (8 + n + int(o) for o in info["data_offsets"])
-            out[key] = (_SAFETENSORS_DTYPES[info["dtype"]], [int(d) for d in info["shape"]], start, end)
-    return out
+    h = read_safetensors_header(path)  # validated; names the file and tensor if anything is off
+    return {k: (e.dtype, list(e.shape), h.data_start + e.start, h.data_start + e.end) for k, e in h.tensors.items()}
 
 
 class _MappedFile:

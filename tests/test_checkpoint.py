@@ -334,9 +334,9 @@ def test_dtype_argument(save_neox_model, dtype, expected):
 def test_converting_reader_in_chunks(save_neox_model, monkeypatch, chunk_bytes, file_dtype, dtype):
     """A dtype change streams each tensor through a small staging buffer; chunk edges (70 bytes
     is not a multiple of every row) must not change a single value."""
-    import neox.loading
+    import neox.checkpoint
 
-    monkeypatch.setattr(neox.loading, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(neox.checkpoint, "_CHUNK_BYTES", chunk_bytes)
     folder, ours = save_neox_model(dtype=file_dtype)
     loaded = GPTNeoXForCausalLM.from_pretrained(folder, dtype=dtype)
     for key, value in ours.state_dict().items():

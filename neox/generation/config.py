@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_json
 from ..hub import HubOptions, resolve_file
 
 logger = logging.getLogger(__name__)
@@ -201,13 +201,13 @@ class GenerationConfig:
         if kwargs:
             raise TypeError(f"GenerationConfig.from_pretrained got unknown arguments: {sorted(kwargs)}")
         path = resolve_file(pretrained_model_name_or_path, GENERATION_CONFIG_NAME, options, required=True)
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        data = read_json(path, "generation config")  # one JSON reader: errors name the file
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         Path(save_directory).mkdir(parents=True, exist_ok=True)

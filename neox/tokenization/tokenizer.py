@@ -1,47 +1,7 @@
-"""GPTNeoXTokenizerFast: the GPT-NeoX byte-level BPE tokenizer, on the ``tokenizers`` library.
+"""GPTNeoXTokenizerFast: the byte-level BPE pipeline, special tokens, encode / pad / decode.
 
-    tokenizer = GPTNeoXTokenizerFast.from_pretrained("EleutherAI/gpt-neox-20b")
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    logits = model(**batch).logits
-
-It gives the ids, masks, offsets and decoded text of transformers 5.24's ``GPTNeoXTokenizerFast``
-(an alias of ``GPTNeoXTokenizer``), and reads and writes the same files. The pipeline is rebuilt the
-way transformers rebuilds it, whatever the tokenizer.json says besides its vocabulary, merges and
-added tokens: NFC normalisation, a byte-level pre-tokenizer (``add_prefix_space``, ``trim_offsets``),
-the BPE model, a template post-processor that adds ``<|endoftext|>`` only when ``add_bos_token`` /
-``add_eos_token`` ask for it, and a byte-level decoder. Special tokens resolve as in transformers:
-bos = eos = unk = ``<|endoftext|>`` and pad = ``<|padding|>``; where the files do not hold
-``<|padding|>`` as a token (EleutherAI's release ``20B_tokenizer.json``, whose id 1 is ``<|unk|>``)
-it is added as a new id (50277 there), exactly as transformers adds it.
-
-Deliberate differences from transformers 5.24:
-
-* An unknown keyword argument is a ``TypeError`` naming it (transformers ignores most of them).
-  ``verbose`` is accepted and only silences the too-long-sequence warning; ``trust_remote_code``
-  and ``use_fast`` are accepted by ``from_pretrained`` and ignored.
-* ``padding="max_length"`` with neither ``max_length=`` nor a ``model_max_length`` is a
-  ``ValueError`` (transformers silently does not pad). ``truncation=True`` with no length logs a
-  warning and does not truncate, as transformers does silently.
-* ``add_bos_token`` / ``add_eos_token`` in tokenizer_config.json are honoured even next to a
-  tokenizer.json (transformers 5.24 drops them there, so a tokenizer it saved with
-  ``add_bos_token=True`` reloads without it). ``save_pretrained`` writes them when they are on; a
-  warning says that transformers needs them passed to its ``from_pretrained`` again.
-* ``save_pretrained`` also records ``padding_side`` / ``truncation_side`` when they are not
-  "right" (transformers forgets a side set after loading), and writes tokenizer.json without the
-  padding/truncation state the last call left in the backend.
-* The post-processor follows later changes of ``bos_token`` / ``eos_token``, not only of
-  ``add_bos_token`` / ``add_eos_token``.
-* Setting a special token that is not in the vocabulary logs a warning (its id is then the unk
-  id, as in transformers).
-* Missing tokenizer files are an ``OSError`` naming the folder or repo and the files looked for; a
-  corrupt tokenizer.json / tokenizer_config.json / vocabulary is a ``ValueError`` naming the file.
-  A truncation the backend cannot do (``only_first`` shorter than the second sequence) is a
-  ``ValueError`` naming the strategy and length (transformers raises the backend's bare
-  ``Exception``).
-
-Not implemented: chat templates (a ``chat_template`` in tokenizer_config.json is kept and saved
-back, but there is no ``apply_chat_template``), ``push_to_hub``, ``train_new_from_iterator``,
-``tokenizer_object=``, slow (pure-Python) tokenizers, and model-specific named special tokens.
+See the package docstring (:mod:`neox.tokenization`) for what it matches in transformers and
+where it deliberately differs.
 """
 
 from __future__ import annotations
@@ -51,308 +11,46 @@ import inspect
 import json
 import logging
 import os
-from collections import UserDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from tokenizers import AddedToken, Encoding, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from neox.files import atomic_write_text
 from neox.hub import HubOptions, _offline, resolve_file
+
+from .batch_encoding import BatchEncoding, _tensor_kind, _to_py
+from .files import (
+    _COMPATIBLE_CLASSES,
+    _PADDING,
+    _SIDES,
+    _TRUNCATION,
+    ADDED_TOKENS_FILE,
+    LARGE_INTEGER,
+    MERGES_FILE,
+    PreTokenizedInput,
+    SPECIAL_TOKENS_ATTRIBUTES,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    TextInput,
+    VERY_LARGE_INTEGER,
+    VOCAB_FILE,
+    TokenToAdd,
+    _as_added_token,
+    _build_bpe,
+    _deserialized,
+    _read_json,
+    _read_special_tokens_map,
+    _read_tokenizer_json,
+    _serializable,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GPTNeoXTokenizerFast", "BatchEncoding", "AddedToken"]
-
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-ADDED_TOKENS_FILE = "added_tokens.json"
-VOCAB_FILE = "vocab.json"
-MERGES_FILE = "merges.txt"
-
-#: transformers' "no maximum length" (``int(1e30)``); anything above LARGE_INTEGER counts as unset.
-VERY_LARGE_INTEGER = int(1e30)
-LARGE_INTEGER = int(1e20)
-
-SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-_PADDING = ("longest", "max_length", "do_not_pad")
-_TRUNCATION = ("longest_first", "only_first", "only_second", "do_not_truncate")
-_SIDES = ("left", "right")
-#: tokenizer_class values of tokenizer_config.json that this class loads without a warning.
-_COMPATIBLE_CLASSES = ("GPTNeoXTokenizer", "GPTNeoXTokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend")
-
-TextInput = str
-PreTokenizedInput = list[str]
-TokenToAdd = Union[str, AddedToken]
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _to_py(obj: Any) -> Any:
-    """Tensors, arrays and numpy scalars → Python ints and lists (lists are converted deeply)."""
-    if isinstance(obj, (int, float, str)) or obj is None:
-        return obj
-    if isinstance(obj, Mapping):
-        return {k: _to_py(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        if all(isinstance(x, int) for x in obj):
-            return list(obj)
-        return [_to_py(x) for x in obj]
-    if hasattr(obj, "tolist"):  # torch.Tensor, numpy.ndarray, numpy scalars
-        return obj.tolist()
-    return obj
-
-
-def _tensor_kind(return_tensors: Any) -> str | None:
-    """``"pt"`` / ``"np"`` / None from a ``return_tensors`` value (str or a TensorType-like enum)."""
-    if return_tensors is None:
-        return None
-    kind = getattr(return_tensors, "value", return_tensors)
-    if kind not in ("pt", "np"):
-        raise ValueError(f"return_tensors={return_tensors!r} is not supported: use 'pt', 'np' or None")
-    return kind
-
-
-def _is_empty(value: Any) -> bool:
-    """True when a (nested) list holds no leaf element."""
-    if len(value) == 0:
-        return True
-    if not isinstance(value[0], (list, tuple)):
-        return False
-    return all(_is_empty(v) for v in value)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"The {what} {str(path)!r} is not valid JSON: {err}") from None
-
-
-def _as_added_token(value: Any, *, special: bool | None = None) -> Any:
-    """A serialized AddedToken (dict, with or without transformers' ``__type``) → AddedToken."""
-    if isinstance(value, dict) and "content" in value:
-        fields = {k: v for k, v in value.items() if k not in ("__type", "id")}
-        if special is not None:
-            fields["special"] = special
-        return AddedToken(**fields)
-    return value
-
-
-def _serializable(value: Any) -> Any:
-    """AddedTokens → the ``{"__type": "AddedToken", ...}`` dicts of tokenizer_config.json."""
-    if isinstance(value, AddedToken):
-        return {"__type": "AddedToken", **value.__getstate__()}
-    if isinstance(value, (list, tuple)):
-        return [_serializable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _serializable(v) for k, v in value.items()}
-    return value
-
-
-def _deserialized(value: Any) -> Any:
-    """The inverse of :func:`_serializable` for the values read from tokenizer_config.json."""
-    if isinstance(value, dict) and value.get("__type") == "AddedToken":
-        return _as_added_token(value)
-    if isinstance(value, list):
-        return [_deserialized(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _deserialized(v) for k, v in value.items()}
-    return value
-
-
-def _read_tokenizer_json(path: Path) -> dict[str, Any]:
-    """vocab, merges, added tokens and the padding/truncation sides of a tokenizer.json."""
-    data = _read_json(path, "tokenizer file")
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("vocab"), (dict, list)):
-        raise ValueError(f"The tokenizer file {str(path)!r} has no model vocabulary")
-    if model.get("type", "BPE") != "BPE" or "merges" not in model:
-        raise ValueError(
-            f"The tokenizer file {str(path)!r} holds a {model.get('type')!r} model; "
-            "GPTNeoXTokenizerFast needs a byte-level BPE vocabulary with merges"
-        )
-    vocab = model["vocab"]
-    if isinstance(vocab, list):
-        vocab = {(tok[0] if isinstance(tok, list) else tok): i for i, tok in enumerate(vocab)}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    added = {}
-    for entry in data.get("added_tokens") or []:
-        added[int(entry["id"])] = _as_added_token(entry)
-    sides = {}
-    if data.get("padding"):
-        sides["padding_side"] = str(data["padding"].get("direction", "Right")).lower()
-    if data.get("truncation"):
-        sides["truncation_side"] = str(data["truncation"].get("direction", "Right")).lower()
-    return {"vocab": vocab, "merges": merges, "added_tokens": added, "sides": sides}
-
-
-def _build_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], source: str) -> BPE:
-    try:
-        return BPE(
-            vocab=vocab,
-            merges=merges,
-            dropout=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-        )
-    except Exception as err:  # tokenizers raises a bare Exception for inconsistent merges
-        raise ValueError(f"Could not build the BPE vocabulary from {source}: {err}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# BatchEncoding
-# --------------------------------------------------------------------------------------------
-
-
-class BatchEncoding(UserDict):
-    """The output of a tokenizer call: a dict of ``input_ids``, ``attention_mask``, ...
-
-    Keys are also attributes (``batch.input_ids``); ``model(**batch)`` unpacks it; ``batch[i]`` is
-    the ``tokenizers.Encoding`` of example ``i`` (word/char alignment: ``tokens()``, ``word_ids()``,
-    ``char_to_token()``, ...); ``batch.to(device)`` moves the tensors.
-    """
-
-    def __init__(
-        self,
-        data: Mapping[str, Any] | None = None,
-        encoding: Encoding | Sequence[Encoding] | None = None,
-        tensor_type: str | None = None,
-        prepend_batch_axis: bool = False,
-        n_sequences: int | None = None,
-    ) -> None:
-        super().__init__(data)
-        if isinstance(encoding, Encoding):
-            encoding = [encoding]
-        self._encodings = list(encoding) if encoding is not None else None
-        if n_sequences is None and self._encodings:
-            n_sequences = self._encodings[0].n_sequences
-        self._n_sequences = n_sequences
-        self.convert_to_tensors(tensor_type, prepend_batch_axis=prepend_batch_axis)
-
-    def __getitem__(self, item: str | int | slice) -> Any:
-        if isinstance(item, str):
-            return self.data[item]
-        if self._encodings is not None:
-            return self._encodings[item]
-        if isinstance(item, slice):
-            return {key: value[item] for key, value in self.data.items()}
-        raise KeyError(f"{item!r}: index a BatchEncoding with a key (str), an example (int) or a slice")
-
-    def __getattr__(self, item: str) -> Any:
-        data = self.__dict__.get("data")
-        if data is not None and item in data:
-            return data[item]
-        raise AttributeError(f"BatchEncoding has no attribute or key {item!r}")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"data": self.data, "encodings": self._encodings, "n_sequences": self._n_sequences}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.data = state.get("data", {})
-        self._encodings = state.get("encodings")
-        self._n_sequences = state.get("n_sequences")
-
-    @property
-    def encodings(self) -> list[Encoding] | None:
-        """The ``tokenizers.Encoding`` of each example (None for the output of :meth:`pad`)."""
-        return self._encodings
-
-    @property
-    def n_sequences(self) -> int | None:
-        """1 for single texts, 2 for pairs, None when unknown."""
-        return self._n_sequences
-
-    @property
-    def is_fast(self) -> bool:
-        return self._encodings is not None
-
-    def _encoding(self, batch_index: int) -> Encoding:
-        if self._encodings is None:
-            raise ValueError("This BatchEncoding holds no tokenizers.Encoding (it was built by pad() or by hand)")
-        return self._encodings[batch_index]
-
-    def tokens(self, batch_index: int = 0) -> list[str]:
-        return self._encoding(batch_index).tokens
-
-    def word_ids(self, batch_index: int = 0) -> list[int | None]:
-        return self._encoding(batch_index).word_ids
-
-    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
-        return self._encoding(batch_index).sequence_ids
-
-    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None) -> tuple[int, int] | None:
-        batch, index = (0, batch_or_token_index) if token_index is None else (batch_or_token_index, token_index)
-        return self._encoding(batch).token_to_chars(index)
-
-    def char_to_token(
-        self, batch_or_char_index: int, char_index: int | None = None, sequence_index: int = 0
-    ) -> int | None:
-        batch, index = (0, batch_or_char_index) if char_index is None else (batch_or_char_index, char_index)
-        return self._encoding(batch).char_to_token(index, sequence_index)
-
-    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
-        batch, index = (0, batch_or_token_index) if token_index is None else (batch_or_token_index, token_index)
-        return self._encoding(batch).token_to_word(index)
-
-    def word_to_tokens(
-        self, batch_or_word_index: int, word_index: int | None = None, sequence_index: int = 0
-    ) -> tuple[int, int] | None:
-        batch, index = (0, batch_or_word_index) if word_index is None else (batch_or_word_index, word_index)
-        return self._encoding(batch).word_to_tokens(index, sequence_index)
-
-    def convert_to_tensors(self, tensor_type: str | None = None, prepend_batch_axis: bool = False) -> "BatchEncoding":
-        """Turn the lists into torch tensors (``"pt"``) or numpy arrays (``"np"``), in place."""
-        kind = _tensor_kind(tensor_type)
-        if kind is None:
-            return self
-        if kind == "pt":
-            import torch
-
-            def as_tensor(value: Any) -> Any:
-                return torch.tensor(value, dtype=torch.int64 if _is_empty(value) else None)
-
-            is_tensor = torch.is_tensor
-        else:
-            import numpy as np
-
-            def as_tensor(value: Any) -> Any:
-                if value and isinstance(value[0], (list, tuple)) and len({len(v) for v in value}) > 1:
-                    return np.asarray([np.asarray(v) for v in value], dtype=object)  # ragged, as transformers
-                return np.asarray(value, dtype=np.int64 if _is_empty(value) else None)
-
-            def is_tensor(value: Any) -> bool:
-                return isinstance(value, np.ndarray)
-
-        for key, value in self.data.items():
-            if prepend_batch_axis:
-                value = [value]
-            if is_tensor(value):
-                continue
-            try:
-                self.data[key] = as_tensor(value)
-            except (ValueError, TypeError) as err:
-                raise ValueError(
-                    f"Could not make a tensor of {key!r}: its sequences have different lengths. "
-                    "Pass padding=True (and truncation=True) to get a rectangular batch."
-                ) from err
-        return self
-
-    def to(self, device: Any, *, non_blocking: bool = False) -> "BatchEncoding":
-        """Move every tensor to ``device`` (a str, int or torch.device); returns self."""
-        self.data = {
-            k: v.to(device=device, non_blocking=non_blocking) if callable(getattr(v, "to", None)) else v
-            for k, v in self.data.items()
-        }
-        return self
-
+__all__ = ["GPTNeoXTokenizerFast"]
 
 # --------------------------------------------------------------------------------------------
 # Special-token attributes: bos_token / bos_token_id and friends
@@ -500,85 +198,108 @@ class GPTNeoXTokenizerFast:
         """
         if additional_special_tokens is not None and extra_special_tokens is None:
             extra_special_tokens = additional_special_tokens
-        # What transformers records as init kwargs: save_pretrained writes these back.
-        self.init_kwargs: dict[str, Any] = {
-            "errors": errors,
-            "unk_token": unk_token,
-            "bos_token": bos_token,
-            "eos_token": eos_token,
-            "pad_token": pad_token,
-            "add_prefix_space": add_prefix_space,
-            "trim_offsets": trim_offsets,
-        }
-        optional = dict(
-            vocab_file=vocab_file,
-            merges_file=merges_file,
-            sep_token=sep_token,
-            cls_token=cls_token,
-            mask_token=mask_token,
-            extra_special_tokens=extra_special_tokens,
-            added_tokens_decoder=added_tokens_decoder,
-            add_bos_token=add_bos_token,
-            add_eos_token=add_eos_token,
-            model_max_length=model_max_length,
-            padding_side=padding_side,
-            truncation_side=truncation_side,
-            model_input_names=model_input_names,
-            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
-            clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=(
-                clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output
-            ),
-            split_special_tokens=split_special_tokens,
-            chat_template=chat_template,
-            name_or_path=name_or_path or None,
+        named = dict(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, sep_token=sep_token,
+                     pad_token=pad_token, cls_token=cls_token, mask_token=mask_token)
+        self._record_init_kwargs(
+            dict(errors=errors, unk_token=unk_token, bos_token=bos_token, eos_token=eos_token, pad_token=pad_token,
+                 add_prefix_space=add_prefix_space, trim_offsets=trim_offsets),
+            dict(vocab_file=vocab_file, merges_file=merges_file, sep_token=sep_token, cls_token=cls_token,
+                 mask_token=mask_token, extra_special_tokens=extra_special_tokens,
+                 added_tokens_decoder=added_tokens_decoder, add_bos_token=add_bos_token,
+                 add_eos_token=add_eos_token, model_max_length=model_max_length, padding_side=padding_side,
+                 truncation_side=truncation_side, model_input_names=model_input_names,
+                 clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+                 clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=(
+                     clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output),
+                 split_special_tokens=split_special_tokens, chat_template=chat_template,
+                 name_or_path=name_or_path or None),
         )
-        self.init_kwargs.update({k: v for k, v in optional.items() if v is not None})
-        self.init_kwargs["backend"] = "tokenizers"
-        self.init_kwargs = copy.deepcopy(self.init_kwargs)
+        self._set_options(
+            name_or_path=name_or_path, errors=errors, verbose=verbose, add_prefix_space=add_prefix_space,
+            trim_offsets=trim_offsets, model_max_length=model_max_length, model_input_names=model_input_names,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            clean_up_for_bpe=clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output,
+            split_special_tokens=split_special_tokens, chat_template=chat_template,
+        )
+        # 1. The BPE vocabulary, and the added tokens that go with it.
+        vocab, merges, source, file_sides, file_added = self._read_vocabulary(
+            tokenizer_file, vocab_file, merges_file, vocab, merges
+        )
+        if added_tokens_decoder is None:
+            added_tokens_decoder = file_added
+        self.padding_side = padding_side or file_sides.get("padding_side", "right")
+        self.truncation_side = truncation_side or file_sides.get("truncation_side", "right")
+        # 2. The pipeline, rebuilt as transformers' GPTNeoXTokenizer builds it.
+        self._build_pipeline(vocab, merges, source)
+        # 3. Special tokens, then the added tokens (by id) and any special token still missing.
+        self._set_special_tokens(named, extra_special_tokens)
+        self._add_tokens(added_tokens_decoder)
+        # 4. The post-processor: bos/eos around each sequence when asked for.
+        self._add_bos_token = _flag(add_bos_token, "add_bos_token")
+        self._add_eos_token = _flag(add_eos_token, "add_eos_token")
+        self._update_post_processor()
 
+    # ------------------------------------------------------------------ construction steps
+
+    def _record_init_kwargs(self, always: dict[str, Any], optional: dict[str, Any]) -> None:
+        """What transformers records as init kwargs: save_pretrained writes these back."""
+        init_kwargs = dict(always)
+        init_kwargs.update({k: v for k, v in optional.items() if v is not None})
+        init_kwargs["backend"] = "tokenizers"
+        self.init_kwargs: dict[str, Any] = copy.deepcopy(init_kwargs)
+
+    def _set_options(
+        self, *, name_or_path: Any, errors: Any, verbose: Any, add_prefix_space: Any, trim_offsets: Any,
+        model_max_length: Any, model_input_names: Any, clean_up_tokenization_spaces: Any, clean_up_for_bpe: Any,
+        split_special_tokens: Any, chat_template: Any,
+    ) -> None:
+        """The plain settings, each checked for its type (they often come from tokenizer_config.json)."""
         self.name_or_path = str(name_or_path)
         self.backend = "tokenizers"
         self.errors = errors
         self.verbose = bool(verbose)
-        self.add_prefix_space = bool(add_prefix_space)
-        self.trim_offsets = bool(trim_offsets)
-        self.model_max_length = VERY_LARGE_INTEGER if model_max_length is None else int(model_max_length)
-        self.model_input_names = list(model_input_names or type(self).model_input_names)
-        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
-        self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = bool(
-            clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output
+        self.add_prefix_space = _flag(add_prefix_space, "add_prefix_space")
+        self.trim_offsets = _flag(trim_offsets, "trim_offsets")
+        self.model_max_length = _max_length(model_max_length)
+        self.model_input_names = _input_names(model_input_names, type(self).model_input_names)
+        self.clean_up_tokenization_spaces = _flag(clean_up_tokenization_spaces, "clean_up_tokenization_spaces")
+        self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = _flag(
+            clean_up_for_bpe, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"
         )
-        self.split_special_tokens = bool(split_special_tokens)
+        self.split_special_tokens = _flag(split_special_tokens, "split_special_tokens")
+        if chat_template is not None and not isinstance(chat_template, (str, dict, list)):
+            raise ValueError(f"chat_template must be a string (or a dict of named templates), got {chat_template!r}")
         self.chat_template = chat_template
         self._warned: set[str] = set()
 
-        # 1. The BPE vocabulary, and the added tokens that go with it.
-        file_sides: dict[str, str] = {}
+    @staticmethod
+    def _read_vocabulary(
+        tokenizer_file: Any, vocab_file: Any, merges_file: Any, vocab: Any, merges: Any
+    ) -> tuple[dict[str, int], list[tuple[str, str]], str, dict[str, str], dict[int, AddedToken] | None]:
+        """(vocab, merges, where they came from, padding/truncation sides, tokenizer.json's added tokens)."""
         if tokenizer_file is not None:
             parsed = _read_tokenizer_json(Path(tokenizer_file))
-            vocab, merges, file_sides = parsed["vocab"], parsed["merges"], parsed["sides"]
             source = f"the tokenizer file {str(tokenizer_file)!r}"
-            if added_tokens_decoder is None:
-                added_tokens_decoder = parsed["added_tokens"]
-        elif vocab is not None and merges is not None:
+            return parsed["vocab"], parsed["merges"], source, parsed["sides"], parsed["added_tokens"]
+        if vocab is not None and merges is not None:
+            if not isinstance(vocab, Mapping):
+                raise ValueError(f"vocab= must be a dict of token -> id, got {type(vocab).__name__}")
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-            source = "vocab= and merges="
-        elif vocab_file is not None and merges_file is not None:
+            return dict(vocab), merges, "vocab= and merges=", {}, None
+        if vocab_file is not None and merges_file is not None:
             source = f"{str(vocab_file)!r} and {str(merges_file)!r}"
             try:
                 vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
             except Exception as err:
                 raise ValueError(f"Could not read the vocabulary files {source}: {err}") from None
-        else:
-            raise ValueError(
-                "GPTNeoXTokenizerFast needs a vocabulary: pass tokenizer_file=, vocab_file= and merges_file=, "
-                "or vocab= and merges= (or use GPTNeoXTokenizerFast.from_pretrained(folder_or_repo_id))"
-            )
+            return vocab, merges, source, {}, None
+        raise ValueError(
+            "GPTNeoXTokenizerFast needs a vocabulary: pass tokenizer_file=, vocab_file= and merges_file=, "
+            "or vocab= and merges= (or use GPTNeoXTokenizerFast.from_pretrained(folder_or_repo_id))"
+        )
 
-        self.padding_side = padding_side or file_sides.get("padding_side", "right")
-        self.truncation_side = truncation_side or file_sides.get("truncation_side", "right")
-
-        # 2. The pipeline, rebuilt as transformers' GPTNeoXTokenizer builds it.
+    def _build_pipeline(self, vocab: dict[str, int], merges: list[tuple[str, str]], source: str) -> None:
+        """NFC, byte-level pre-tokenizer, BPE, byte-level decoder (the post-processor comes last)."""
         self._tokenizer = Tokenizer(_build_bpe(vocab, merges, source))
         self._tokenizer.normalizer = normalizers.NFC()
         self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
@@ -586,27 +307,23 @@ class GPTNeoXTokenizerFast:
         )
         self._tokenizer.decoder = decoders.ByteLevel()
 
-        # 3. Special tokens, then the added tokens (by id) and any special token still missing.
+    def _set_special_tokens(self, named: dict[str, Any], extra: Sequence[TokenToAdd] | None) -> None:
         self._special_tokens: dict[str, Any] = dict.fromkeys(SPECIAL_TOKENS_ATTRIBUTES)
-        named = dict(
-            bos_token=bos_token,
-            eos_token=eos_token,
-            unk_token=unk_token,
-            sep_token=sep_token,
-            pad_token=pad_token,
-            cls_token=cls_token,
-            mask_token=mask_token,
-        )
         for key, value in named.items():
             if value is not None:
                 self._check_token_type(key, value)
                 self._special_tokens[key] = value
+        if extra is not None and (isinstance(extra, (str, AddedToken)) or not isinstance(extra, Sequence)):
+            # A lone string would otherwise become one special token per character.
+            raise ValueError(f"extra_special_tokens must be a list of tokens, got {extra!r}")
         self._extra_special_tokens: list[Any] = []
-        for value in extra_special_tokens or []:
+        for value in extra or []:
             self._check_token_type("extra_special_tokens", value)
             self._extra_special_tokens.append(value)
 
-        decoder = {int(i): _as_added_token(t) for i, t in (added_tokens_decoder or {}).items()}
+    def _add_tokens(self, added_tokens_decoder: Mapping[int | str, Any] | None) -> None:
+        """Add the decoder's tokens in id order, then each special token the vocabulary lacks."""
+        decoder = _added_tokens_by_id(added_tokens_decoder)
         tokens_to_add = [token for _, token in sorted(decoder.items())]
         present = {str(t) for t in tokens_to_add}
         for value in [*self._special_tokens.values(), *self._extra_special_tokens]:
@@ -622,11 +339,6 @@ class GPTNeoXTokenizerFast:
         if tokens_to_add:
             self._tokenizer.add_tokens(tokens_to_add)
         self._tokenizer.encode_special_tokens = self.split_special_tokens
-
-        # 4. The post-processor: bos/eos around each sequence when asked for.
-        self._add_bos_token = bool(add_bos_token)
-        self._add_eos_token = bool(add_eos_token)
-        self._update_post_processor()
 
     # ------------------------------------------------------------------ loading
 
@@ -670,15 +382,21 @@ class GPTNeoXTokenizerFast:
         saved_class = config.get("tokenizer_class")
         if saved_class not in (None, *_COMPATIBLE_CLASSES):
             logger.warning("%s was saved as a %s; loading it as %s", source, saved_class, cls.__name__)
-        init = cls._init_kwargs_from_files(config, files, kwargs)
-        init.update(name_or_path=source)
-
-        # Unknown keys of a saved config (e.g. "is_local") travel along for save_pretrained.
-        extras = {k: init.pop(k) for k in list(init) if k not in known}
-        if init.get("model_max_length") is None and extras.get("max_len") is not None:
-            init["model_max_length"] = extras.pop("max_len")
-        extras.update(is_local=is_local, local_files_only=local_files_only)
-        tokenizer = cls(**init)
+        try:
+            init = cls._init_kwargs_from_files(config, files, kwargs)
+            init.update(name_or_path=source)
+            # Unknown keys of a saved config (e.g. "is_local") travel along for save_pretrained.
+            extras = {k: init.pop(k) for k in list(init) if k not in known}
+            if init.get("model_max_length") is None and extras.get("max_len") is not None:
+                init["model_max_length"] = extras.pop("max_len")
+            extras.update(is_local=is_local, local_files_only=local_files_only)
+            tokenizer = cls(**init)
+        except (ValueError, TypeError) as err:
+            # A value read from tokenizer_config.json: say which file it came from.
+            culprit = next((k for k in config if k not in kwargs and str(err).startswith(k)), None)
+            if culprit is None:
+                raise
+            raise ValueError(f"{files['tokenizer_config_file']}: {err}") from None
         for key in ("tokenizer_class", "init_inputs"):
             extras.pop(key, None)
         tokenizer.init_kwargs.update(copy.deepcopy(extras))
@@ -720,35 +438,37 @@ class GPTNeoXTokenizerFast:
             init["extra_special_tokens"] = init.pop("additional_special_tokens")
 
         if "added_tokens_decoder" in init:
-            added = {}
-            for idx, token in (init["added_tokens_decoder"] or {}).items():
-                token = _as_added_token(token)
+            added = _added_tokens_by_id(init["added_tokens_decoder"])
+            for idx, token in added.items():
                 if not isinstance(token, AddedToken):
                     raise ValueError(f"added_tokens_decoder[{idx!r}] in the tokenizer config is not a token: {token!r}")
-                added[int(idx)] = token
             init["added_tokens_decoder"] = added
         else:
             # Legacy layouts: special_tokens_map.json, added_tokens.json. Otherwise __init__ takes
             # tokenizer.json's own added tokens (the usual case).
             if files.get("special_tokens_map_file") is not None:
-                special_map = _read_json(files["special_tokens_map_file"], "special tokens map")
+                special_map = _read_special_tokens_map(files["special_tokens_map_file"])
                 for key, value in special_map.items():
                     if kwargs.get(key):
                         continue  # the caller's value wins
-                    if key in ("extra_special_tokens", "additional_special_tokens") and isinstance(value, list):
+                    if key in ("extra_special_tokens", "additional_special_tokens"):
                         existing = list(init.get("extra_special_tokens") or [])
                         for token in value:
-                            token = _as_added_token(token, special=True)
                             if token not in existing:
                                 existing.append(token)
                         init["extra_special_tokens"] = existing
                     else:
-                        init[key] = _as_added_token(value, special=True)
+                        init[key] = value
             if files.get("added_tokens_file") is not None:
                 specials = {str(init[k]) for k in SPECIAL_TOKENS_ATTRIBUTES if init.get(k)}
                 specials.update(str(t) for t in init.get("extra_special_tokens") or [])
                 added = {}
-                for content, idx in _read_json(files["added_tokens_file"], "added tokens file").items():
+                added_file = _read_json(files["added_tokens_file"], "added tokens file")
+                if not isinstance(added_file, dict) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in added_file.values()
+                ):
+                    raise ValueError(f"{files['added_tokens_file']} must map token strings to ids >= 0")
+                for content, idx in added_file.items():
                     is_special = content in specials
                     added[int(idx)] = AddedToken(content, normalized=not is_special, special=is_special)
                 if files.get("tokenizer_file") is not None:
@@ -789,12 +509,13 @@ class GPTNeoXTokenizerFast:
         config_path = folder / f"{prefix}{TOKENIZER_CONFIG_FILE}"
         tokenizer_path = folder / f"{prefix}{TOKENIZER_FILE}"
 
-        config_path.write_text(
-            json.dumps(self._config_to_save(), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        # Each file replaced atomically, with the umask's permissions (neox.files).
+        atomic_write_text(
+            config_path, json.dumps(self._config_to_save(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         )
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self._tokenizer.save(str(tokenizer_path))
+        atomic_write_text(tokenizer_path, self._tokenizer.to_str(pretty=True))
         return (str(config_path), str(tokenizer_path))
 
     def _config_to_save(self) -> dict[str, Any]:
@@ -1093,6 +814,7 @@ class GPTNeoXTokenizerFast:
     def convert_ids_to_tokens(self, ids: Any, skip_special_tokens: bool = False) -> str | None | list[str | None]:
         """Id(s) (ints, lists, tensors, arrays) → token string(s); None for an unknown id."""
         ids = _to_py(ids)
+        _check_ids(ids, "ids")
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
@@ -1391,6 +1113,7 @@ class GPTNeoXTokenizerFast:
         except Exception as err:  # the Rust backend raises bare Exceptions
             if "runcat" in str(err):
                 raise ValueError(f"truncation={truncation!r} to max_length={max_length}: {err}") from None
+            _explain_bad_text(inputs)  # raises a ValueError naming the element, when it finds one
             raise
 
     def encode(
@@ -1550,6 +1273,7 @@ class GPTNeoXTokenizerFast:
         token_ids = _to_py(token_ids)
         if isinstance(token_ids, Mapping):
             token_ids = token_ids["input_ids"]
+        _check_ids(token_ids, "token_ids")
         if isinstance(token_ids, list) and token_ids and isinstance(token_ids[0], (list, tuple)):
             texts = self._tokenizer.decode_batch([list(s) for s in token_ids], skip_special_tokens=skip_special_tokens)
             return [self._clean_up(t, clean_up_tokenization_spaces) for t in texts]
@@ -1610,6 +1334,113 @@ class GPTNeoXTokenizerFast:
         ):
             text = text.replace(before, after)
         return text
+
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean setting; None (unset) is False. Strings such as "false" are refused, not truthy."""
+    if value is None:
+        return False
+    if not isinstance(value, (bool, int)) or value not in (0, 1):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _max_length(value: Any) -> int:
+    """model_max_length: a non-negative integer; None or transformers' 1e30 mean "no limit"."""
+    if value is None:
+        return VERY_LARGE_INTEGER
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        value = int(value)  # tokenizer_config.json files written by Python 2 era code hold 1e30
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"model_max_length must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _input_names(value: Any, default: Sequence[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"model_input_names must be a list of strings, got {value!r}")
+    return list(value or default)
+
+
+def _added_tokens_by_id(decoder: Any) -> dict[int, Any]:
+    """``added_tokens_decoder`` ({id: token}) with integer ids >= 0 and tokens that are tokens."""
+    if decoder is None:
+        return {}
+    if not isinstance(decoder, Mapping):
+        raise ValueError(f"added_tokens_decoder must map token ids to tokens, got {type(decoder).__name__}")
+    out = {}
+    for idx, token in decoder.items():
+        try:
+            i = int(idx)
+        except (TypeError, ValueError):
+            raise ValueError(f"added_tokens_decoder has the key {idx!r}, not a token id") from None
+        if isinstance(idx, (bool, float)) or i < 0:
+            raise ValueError(f"added_tokens_decoder has the key {idx!r}, not a token id")
+        token = _as_added_token(token)
+        if not isinstance(token, (str, AddedToken)):
+            raise ValueError(f"added_tokens_decoder[{idx!r}] is not a token: {token!r}")
+        out[i] = token
+    return out
+
+
+
+#: The backend stores ids as unsigned 32-bit integers.
+_MAX_ID = 2**32
+
+
+def _check_ids(ids: Any, name: str) -> None:
+    """An id, a list of ids, or a batch of lists: integers in [0, 2**32), else a ValueError naming ``name``.
+
+    Ids past the vocabulary but inside that range decode to "" as in transformers (models pad their
+    embedding beyond the tokenizer's vocabulary, and a sampled padding id must not crash a decode).
+    """
+    def bad(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} must hold integer token ids, got {value!r} ({type(value).__name__})"
+        if not 0 <= value < _MAX_ID:
+            return f"{name} holds {value}, not a token id (ids are integers in [0, 2**32))"
+        return None
+
+    if isinstance(ids, (list, tuple)):
+        for item in ids:
+            if isinstance(item, (list, tuple)):
+                for sub in item:
+                    problem = bad(sub)
+                    if problem:
+                        raise ValueError(problem)
+            else:
+                problem = bad(item)
+                if problem:
+                    raise ValueError(problem)
+    else:
+        problem = bad(ids)
+        if problem:
+            raise ValueError(problem)
+
+
+def _explain_bad_text(inputs: list[Any]) -> None:
+    """After the backend refused a batch: name the element that is not text, or the lone surrogate."""
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"{where} holds the lone surrogate {value[e.start]!r} at character {e.start}: not valid "
+                    "Unicode text (decode the source bytes with errors='replace' to keep going)"
+                ) from None
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        else:
+            raise ValueError(f"{where} is a {type(value).__name__} ({value!r:.40}); text must be str")
+
+    for i, item in enumerate(inputs):
+        walk(item, f"text[{i}]" if len(inputs) > 1 else "text")
 
 
 def _check_text(text: Any, name: str) -> None:
