@@ -1091,7 +1091,7 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
 
     options = _compile_options(cfg, device)
     capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
-    dtype = model.embed_out.weight.dtype
+    dtype = model.get_input_embeddings().weight.dtype  # the activations' dtype (a quantised head has no .weight)
     if options is None:
         cache = KVCache.for_model(model.config, N, capacity, dtype, device)
         return _StaticDecode(cache, _static_step, compiled=False, describe="eager")
@@ -1286,7 +1286,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
         raise TypeError("prefix_allowed_tokens_fn must be callable (batch_id, input_ids) -> list of allowed ids")
 
     # 2. Inputs.
-    device = model.embed_out.weight.device
+    device = model.get_input_embeddings().weight.device
     vocab = model.embed_out.out_features
     input_ids = model_kwargs.pop("input_ids", None)
     if inputs is not None and input_ids is not None:
@@ -1464,7 +1464,7 @@ def _prepare(model, inputs, generation_config, logits_processor, stopping_criter
     if cache is None and use_cache:  # (a user's past is already the cache)
         from .cache import KVCache
 
-        cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
+        cache = KVCache.for_model(config, N, prompt_len + new_max - 1, model.get_input_embeddings().weight.dtype, device)
 
     # 6. Buffers: the sequence, and (only when needed) the attention mask and position ids.
     seq = torch.empty(N, max_length, dtype=torch.long, device=device)

@@ -30,6 +30,7 @@ from .checkpoint import (
 from .config import CONFIG_NAME, GPTNeoXConfig
 from .generation import GENERATION_CONFIG_NAME, GenerationConfig
 from .hub import HubOptions, resolve_file
+from .quantization import prepare_for_loading, resolve_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     output_loading_info = kwargs.pop("output_loading_info", False)
     attn_implementation = kwargs.pop("attn_implementation", None)
     use_safetensors = kwargs.pop("use_safetensors", None)
+    quantization = kwargs.pop("quantization", None)  # neox: "int8" | "int4" | "bf16" (see neox.quantization)
+    quantization_config = kwargs.pop("quantization_config", None)
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
 
@@ -143,18 +146,28 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     dtype = resolve_dtype(dtype, files, config)
     device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
 
+    quant = resolve_quantization(quantization, quantization_config, config.extra.get("quantization_config"))
+
     with torch.device("meta"):
         model = cls(config)
+    # Quantising swaps the linears now; `take` then quantises each weight as it is read.
+    take = prepare_for_loading(model, quant) if quant is not None else None
+    taken: set[str] = set()
     expected = dict(model.state_dict(keep_vars=True))
     prefix = cls.base_model_prefix
     is_base = not hasattr(model, prefix)  # GPTNeoXModel has no `gpt_neox` child
 
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for path, key, tensor in _iter_tensors(files, dtype, device):
+    for path, key, tensor in _iter_tensors(files, dtype, device, copy=take is not None):
         target = _target_key(key, prefix, is_base, expected)
         if target is None:
             continue
+        if take is not None:
+            filled = take(target, tensor)
+            if filled:
+                taken.update(filled)
+                continue
         if target not in expected:
             unexpected.append(key)
             continue
@@ -167,7 +180,7 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
         loaded[target] = tensor
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
-    missing = [k for k in expected if k not in loaded and k not in tied]
+    missing = [k for k in expected if k not in loaded and k not in tied and k not in taken]
     model.load_state_dict(loaded, strict=False, assign=True)
     _materialize_missing(model, missing, dtype, device)
     for module in model.modules():
@@ -216,13 +229,16 @@ def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | N
     return key
 
 
-def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device) -> Iterator[tuple[Path, str, torch.Tensor]]:
+def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device,
+                  copy: bool = False) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    # copy=True reads each tensor into its own memory instead of viewing the mapped file, so a
+    # tensor dropped after use (quantised while loading) leaves nothing behind in RSS.
     def convert(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
 
     for path in files:
         if path.name.endswith(".safetensors"):
-            if device.type == "cpu" and checkpoint_dtype([path]) in (dtype, None):
+            if device.type == "cpu" and checkpoint_dtype([path]) in (dtype, None) and not copy:
                 # Zero-copy: tensors are views of the memory-mapped file.
                 for key, tensor in iter_checkpoint_tensors([path]):
                     yield path, key, convert(tensor)
