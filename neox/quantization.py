@@ -318,6 +318,17 @@ class QuantizedLinear(nn.Module):
         """The (N, K) weight the kernel multiplies by, in fp32 (for tests and quality checks)."""
         raise NotImplementedError
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "QuantizedLinear":
+        # .to(dtype) / .half() convert floating buffers; the quantised formats keep theirs
+        # (bf16 scales, zeros and weights are what the kernels take), only moving device.
+        dtypes = {k: b.dtype for k, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for k, dt in dtypes.items():
+            b = self._buffers[k]
+            if b is not None and b.dtype != dt:
+                self._buffers[k] = b.to(dt)
+        return self
+
     def _finish(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y + self.bias if self.bias is not None else y

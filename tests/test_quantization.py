@@ -51,9 +51,10 @@ def dequantized_reference(qmodel: nn.Module) -> nn.Module:
     """An fp32 model whose linears hold exactly the weights the quantised kernels multiply by."""
     ref = copy.deepcopy(qmodel)
     for name, m in quantized_modules(qmodel).items():
-        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        w = m.dequantize()
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=w.device)
         with torch.no_grad():
-            lin.weight.copy_(m.dequantize())
+            lin.weight.copy_(w)
             if m.bias is not None:
                 lin.bias.copy_(m.bias)
         parent, _, child = name.rpartition(".")
@@ -142,6 +143,16 @@ def test_head_is_optional_and_embeddings_are_never_quantised():
     q = quantized(tiny_model(), "int4", 32, modules_to_not_convert=["dense_4h_to_h"])
     assert type(q.gpt_neox.layers[1].mlp.dense_4h_to_h) is nn.Linear
     assert isinstance(q.embed_out, Int4Linear)
+
+
+def test_dtype_and_device_moves_keep_the_quantised_formats():
+    q = quantized(tiny_model(), "int8", None).to(torch.bfloat16)
+    assert q.embed_out.qweight.dtype == torch.int8 and q.embed_out.scales.dtype == torch.bfloat16
+    assert q.embed_out.bias is None and q.gpt_neox.layers[0].mlp.dense_h_to_4h.bias.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert q(IDS).logits.dtype == torch.bfloat16
+    q = quantized(tiny_model(), "bf16", None).double().float()
+    assert q.embed_out.weight.dtype == torch.bfloat16
 
 
 def test_tied_head_stays_tied():
