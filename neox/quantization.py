@@ -55,6 +55,11 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 #: group 32 / 64 buy little held-out loss for 12% / 6% more weight bytes per step.
 DEFAULT_GROUP_SIZE = 128
 QUANT_METHOD = "neox"
+#: Above this many rows (prefill, large batches) the CPU int8 linear dequantises its weight to the
+#: activations' dtype and calls the ordinary GEMM: aten._weight_int8pack_mm is a matrix-vector
+#: kernel, ahead of fp32 at batch 1-8, level near 32 rows, 1.6x behind at 512 (one 3072x768 matrix,
+#: 1 thread, measured interleaved on the shared machine: see benchmarks/README.md).
+INT8_KERNEL_MAX_ROWS = 64
 #: Rows quantised at once, so that the temporaries stay small next to the weight itself.
 _ROW_CHUNK = 4096
 
@@ -360,7 +365,9 @@ class Int8Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and _has_op("_weight_int8pack_mm"):
+        if x.device.type == "cpu" and x2.shape[0] > INT8_KERNEL_MAX_ROWS:
+            y = F.linear(x2, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
+        elif x.device.type == "cpu" and _has_op("_weight_int8pack_mm"):
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), self.qweight, self.scales)
         else:
             if x.device.type not in ("cuda", "cpu"):
