@@ -590,6 +590,113 @@ def test_bad_settings_raise_before_any_work(peaked, settings, match):
     assert counter.count == 0
 
 
+INF, NAN = float("inf"), float("nan")
+
+
+# transformers 5.24 refuses these too (ValueError from its logits processors): parity.
+REFUSED_BY_BOTH = [
+    pytest.param(dict(do_sample=True, temperature=NAN), "temperature", id="temperature-nan"),
+    pytest.param(dict(do_sample=True, top_k=INF), "top_k", id="top_k-inf"),
+    pytest.param(dict(do_sample=True, top_k=2.5), "top_k", id="top_k-float"),
+    pytest.param(dict(do_sample=True, min_p=NAN), "min_p", id="min_p-nan"),
+    pytest.param(dict(do_sample=True, min_p=1.5), "min_p", id="min_p-above-1"),
+    pytest.param(dict(repetition_penalty=NAN), "repetition_penalty", id="repetition_penalty-nan"),
+    pytest.param(dict(repetition_penalty=-1.0), "repetition_penalty", id="repetition_penalty-negative"),
+]
+
+# transformers 5.24 accepts these and decodes garbage without a word (inf temperature: uniform over
+# the top-k; NaN top_p/typical_p/eta: the filter silently off; inf repetition_penalty: every repeated
+# token at 0 or -inf; NaN length_penalty: arbitrary beam order; NaN max_time: no limit), or hangs
+# (max_new_tokens=inf): neox refuses each, naming the argument.
+REFUSED_BY_NEOX = [
+    pytest.param(dict(do_sample=True, temperature=INF), "temperature", id="temperature-inf"),
+    pytest.param(dict(do_sample=True, top_p=NAN), "top_p", id="top_p-nan"),
+    pytest.param(dict(do_sample=True, top_p=INF), "top_p", id="top_p-inf"),
+    pytest.param(dict(do_sample=True, typical_p=NAN), "typical_p", id="typical_p-nan"),
+    pytest.param(dict(do_sample=True, epsilon_cutoff=INF), "epsilon_cutoff", id="epsilon_cutoff-inf"),
+    pytest.param(dict(do_sample=True, eta_cutoff=NAN), "eta_cutoff", id="eta_cutoff-nan"),
+    pytest.param(dict(repetition_penalty=INF), "repetition_penalty", id="repetition_penalty-inf"),
+    pytest.param(dict(num_beams=2, length_penalty=NAN), "length_penalty", id="length_penalty-nan"),
+    pytest.param(dict(num_beams=2, length_penalty=INF), "length_penalty", id="length_penalty-inf"),
+    pytest.param(dict(max_time=NAN), "max_time", id="max_time-nan"),
+    pytest.param(dict(max_time=-1.0), "max_time", id="max_time-negative"),
+    pytest.param(dict(max_new_tokens=INF), "max_new_tokens", id="max_new_tokens-inf"),
+    pytest.param(dict(max_new_tokens=2.5), "max_new_tokens", id="max_new_tokens-float"),
+    pytest.param(dict(max_length=INF), "max_length", id="max_length-inf"),
+    pytest.param(dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size", id="no_repeat_ngram_size-negative"),
+    pytest.param(dict(num_beams=0), "num_beams", id="num_beams-0"),
+]
+
+
+@pytest.mark.parametrize("settings, name", REFUSED_BY_BOTH + REFUSED_BY_NEOX)
+def test_nonfinite_or_out_of_range_setting_is_refused_naming_it(peaked, settings, name):
+    hf, nx = peaked
+    counter = ForwardCounter(nx)
+    try:
+        with pytest.raises(ValueError, match=f"`{name}`"):
+            nx.generate(prompt(), max_new_tokens=settings.pop("max_new_tokens", 3), **settings)
+    finally:
+        counter.handle.remove()
+    assert counter.count == 0
+
+
+@pytest.mark.parametrize("settings, name", REFUSED_BY_BOTH)
+def test_transformers_refuses_the_same_settings(peaked, settings, name):
+    hf, nx = peaked
+    with pytest.raises(ValueError):
+        hf.generate(prompt(), max_new_tokens=3, **settings)
+
+
+def test_sampling_only_settings_stay_ignored_when_greedy(peaked):
+    """As in transformers: a bad temperature/top_p does not matter (a warning) unless sampling."""
+    assert_same(peaked, prompt(), max_new_tokens=4, temperature=INF, top_p=NAN)
+
+
+@pytest.mark.parametrize("settings", [dict(max_new_tokens=10**12), dict(max_length=10**12),
+                                      dict(max_new_tokens=10**6, do_sample=True, num_return_sequences=10**7)],
+                         ids=["max_new_tokens", "max_length", "rows"])
+def test_length_beyond_memory_is_refused_before_allocating(peaked, settings):
+    """The preallocated cache for 10**12 positions (~1 PiB here) is refused up front, naming
+    max_new_tokens; transformers' growing cache would run until memory or patience ends."""
+    hf, nx = peaked
+    counter = ForwardCounter(nx)
+    try:
+        with pytest.raises(ValueError, match=r"max_new_tokens=\d+ \(max_length \d+\) cannot fit.*At most max_new_tokens="):
+            nx.generate(prompt(), **settings)
+    finally:
+        counter.handle.remove()
+    assert counter.count == 0
+
+
+def test_memory_limit_named_in_the_error_is_the_one_that_fits(peaked, monkeypatch):
+    """With the memory made small, the limit the error names runs (and gives the same tokens as
+    without the limit); one token more is refused."""
+    import re
+
+    import neox.generation.prepare as prepare
+
+    hf, nx = peaked
+    ids = prompt(batch=2)
+    reference = nx.generate(ids, max_new_tokens=40, eos_token_id=None)
+    monkeypatch.setattr(prepare, "_memory_available", lambda device: 64 * 1024)
+    with pytest.raises(ValueError, match="max_new_tokens") as info:
+        nx.generate(ids, max_new_tokens=40, eos_token_id=None)
+    fits = int(re.search(r"At most max_new_tokens=(\d+)", str(info.value)).group(1))
+    assert 0 < fits < 40
+    assert torch.equal(nx.generate(ids, max_new_tokens=fits, eos_token_id=None), reference[:, : 7 + fits])
+    with pytest.raises(ValueError, match=f"At most max_new_tokens={fits}"):
+        nx.generate(ids, max_new_tokens=fits + 1, eos_token_id=None)
+
+
+def test_lengths_beyond_max_position_embeddings_are_decoded_as_transformers_does(peaked, caplog):
+    """Rotary models have no position limit: transformers only warns past max_position_embeddings
+    (128 here), and so does neox, with the same tokens."""
+    with caplog.at_level("WARNING", logger="neox.generation"):
+        out = assert_same(peaked, prompt(length=100), max_new_tokens=40, eos_token_id=None)
+    assert out.shape == (1, 140)
+    assert "max_position_embeddings" in caplog.text
+
+
 def test_unknown_keyword(peaked):
     hf, nx = peaked
     with pytest.raises(ValueError, match="max_new_token"):
