@@ -286,6 +286,25 @@ def _flat_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([b & 15, b >> 4], dim=-1).reshape(-1)
 
 
+#: Rows packed at once (a multiple of every packing block: 16/32/64 rows on CPU, 8 on CUDA), so that
+#: packing's int32 copy of the values stays small next to the weight.
+_PACK_ROWS = 1024
+_separable: dict[tuple[str, int], bool] = {}
+
+
+def _rows_pack_separately(device: torch.device, inner_k_tiles: int) -> bool:
+    """Whether packing row blocks one by one gives the bytes packing them together does (checked
+    once per device kind: the packed layouts are torch's, not documented)."""
+    key = (device.type, inner_k_tiles)
+    if key not in _separable:
+        K = inner_k_tiles * 16 * 2
+        v = torch.randint(0, 16, (128, K), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+        whole = _int4_pack(v, device.type, inner_k_tiles)
+        parts = torch.cat([_int4_pack(v[:64], device.type, inner_k_tiles), _int4_pack(v[64:], device.type, inner_k_tiles)])
+        _separable[key] = bool(whole.shape == parts.shape and torch.equal(whole, parts))
+    return _separable[key]
+
+
 def _inner_k_tiles(K: int) -> int:
     return next(t for t in (8, 4, 2) if K % (t * 16) == 0)
 
@@ -413,8 +432,16 @@ class Int4Linear(QuantizedLinear):
         return None
 
     def quantize_(self, weight: torch.Tensor) -> None:
-        values, self.scales_and_zeros = _int4_quantize(weight.detach(), self.group_size)
-        self._set_values(values)
+        weight = weight.detach()
+        scales: list[torch.Tensor] = []
+
+        def values(i: int, j: int) -> torch.Tensor:
+            v, sz = _int4_quantize(weight[i:j], self.group_size)
+            scales.append(sz)
+            return v
+
+        self._pack_from(values, weight.device)
+        self.scales_and_zeros = torch.cat(scales, dim=1)  # (K/g, N, 2)
 
     def _values(self) -> torch.Tensor:
         """uint8 (N, K) in [0, 15], whatever the layout."""
@@ -424,12 +451,21 @@ class Int4Linear(QuantizedLinear):
 
     def _set_values(self, values: torch.Tensor) -> None:
         """Store (N, K) values in the packed layout of their device (portable where none exists)."""
-        kind = values.device.type
+        self._pack_from(lambda i, j: values[i:j], values.device)
+
+    def _pack_from(self, values: Callable[[int, int], torch.Tensor], device: torch.device) -> None:
+        """Pack the values of rows [i, j), asked for block by block where the layout allows it, so
+        that the peak stays near the packed size (packing takes an int32 copy of its input)."""
+        kind, N = device.type, self.out_features
         op = {"cpu": "_convert_weight_to_int4pack_for_cpu", "cuda": "_convert_weight_to_int4pack"}.get(kind)
-        if op is not None and _has_op(op):
-            self.qweight, self.layout = _int4_pack(values, kind, self.inner_k_tiles), kind
-        else:
-            self.qweight, self.layout = _nibbles(values), "plain"
+        packable = op is not None and _has_op(op)
+        step = _PACK_ROWS if packable and _rows_pack_separately(device, self.inner_k_tiles) else N
+        parts = []
+        for i in range(0, N, step):
+            v = values(i, min(N, i + step))
+            parts.append(_int4_pack(v, kind, self.inner_k_tiles) if packable else _nibbles(v))
+        self.qweight = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self.layout = kind if packable else "plain"
 
     def dequantize(self) -> torch.Tensor:
         N, K, g = self.out_features, self.in_features, self.group_size
@@ -458,7 +494,8 @@ class Int4Linear(QuantizedLinear):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if qkey in state_dict and not self.qweight.is_meta:
-            self._set_values(_unnibble(self.qweight))
+            plain = self.qweight
+            self._pack_from(lambda i, j: _unnibble(plain[i:j]), plain.device)
 
     def load_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """Take one checkpoint tensor of this module while loading (see prepare_for_loading)."""
@@ -466,7 +503,7 @@ class Int4Linear(QuantizedLinear):
             if tuple(tensor.shape) != (self.out_features, self.in_features // 2) or tensor.dtype != torch.uint8:
                 raise ValueError(f"int4 qweight must be uint8 ({self.out_features}, {self.in_features // 2}), "
                                  f"got {tensor.dtype} {tuple(tensor.shape)}")
-            self._set_values(_unnibble(tensor))
+            self._pack_from(lambda i, j: _unnibble(tensor[i:j]), tensor.device)
         else:
             _assign(self, name, tensor)
 

@@ -268,3 +268,21 @@ def test_unfit_shapes_are_left_unquantised_with_a_log(caplog):
     assert type(q.gpt_neox.layers[0].attention.query_key_value) is nn.Linear
     assert isinstance(q.gpt_neox.layers[0].mlp.dense_4h_to_h, Int4Linear)  # in_features 96
     assert "left unquantised" in caplog.text
+
+
+def test_int4_packs_row_blocks_as_it_packs_the_whole(monkeypatch):
+    """Packing (and loading) block by block keeps the peak low; it must give the same bytes."""
+    import neox.quantization as qz
+
+    torch.manual_seed(3)
+    w = torch.randn(96, 64)
+    whole = Int4Linear(64, 96, config=QuantizationConfig("int4", group_size=32))
+    whole.quantize_(w)
+    monkeypatch.setattr(qz, "_PACK_ROWS", 32)
+    blocks = Int4Linear(64, 96, config=QuantizationConfig("int4", group_size=32))
+    blocks.quantize_(w)
+    assert torch.equal(blocks.qweight, whole.qweight)
+    assert torch.equal(blocks.scales_and_zeros, whole.scales_and_zeros)
+    again = Int4Linear(64, 96, config=QuantizationConfig("int4", group_size=32))
+    again.load_tensor("qweight", whole.state_dict()["qweight"])
+    assert torch.equal(again.qweight, whole.qweight)
