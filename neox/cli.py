@@ -387,7 +387,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise RuntimeFailure(f"{model_name}: {_one_line(e)}") from None
     with torch.device("meta"):  # shapes only: no memory, no weights read
         parameters = GPTNeoXForCausalLM(config).num_parameters()
-    dtype = config.dtype
+    dtype = config.to_dict()["dtype"]  # the name as stored
     if dtype is None:
         weights = [config_path.parent / n for n in sizes if n.endswith(".safetensors")]
         if weights and all(w.is_file() for w in weights):

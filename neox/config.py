@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .files import atomic_write_text
 from .hub import HubOptions, resolve_file
@@ -72,8 +72,9 @@ class GPTNeoXConfig:
     output_hidden_states: bool = False
     return_dict: bool = True
     architectures: list[str] | None = None
-    #: dtype the checkpoint was saved in ("float32", "float16", "bfloat16"); `dtype="auto"` uses it.
-    dtype: str | None = None
+    #: dtype the checkpoint was saved in; read as a torch.dtype (as in transformers 5), written to
+    #: config.json as its name ("float32", "float16", "bfloat16"). `dtype="auto"` loads in it.
+    dtype: Any = None
     #: "sdpa" (default) or "eager" (the reference path; returns attention probabilities).
     attn_implementation: str = "sdpa"
     #: Unknown config.json keys, kept so that a save writes them back.
@@ -81,6 +82,12 @@ class GPTNeoXConfig:
     name_or_path: str = ""
 
     model_type = "gpt_neox"
+    #: transformers' PreTrainedConfig class attributes that clients read (a decoder-only model
+    #: with no nested configs).
+    is_encoder_decoder = False
+    sub_configs: ClassVar[dict[str, type]] = {}
+    sub_configs_defaults: ClassVar[dict[str, Any]] = {}
+    attribute_map: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -112,7 +119,6 @@ class GPTNeoXConfig:
         if rope_parameters is not None:
             # transformers 5 lets rope_parameters win over the classic keys; so do we.
             self._read_rope_parameters(rope_parameters)
-        self.dtype = _dtype_name(self.dtype)
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
         self.validate()
@@ -120,7 +126,9 @@ class GPTNeoXConfig:
     def _read_rope_parameters(self, params: Any) -> None:
         if not isinstance(params, dict):
             raise ValueError(f"rope_parameters must be a JSON object, got {type(params).__name__}")
-        params = dict(params)
+        params = {k: v for k, v in params.items() if k not in ("type", "rope_type")} | {
+            "rope_type": params.get("rope_type", params.get("type", "default"))
+        }
         if "rope_theta" in params:
             self.rotary_emb_base = params.pop("rope_theta")
         if "partial_rotary_factor" in params:
@@ -158,13 +166,31 @@ class GPTNeoXConfig:
 
     @property
     def rope_parameters(self) -> dict[str, Any]:
-        """The transformers 5 spelling of the rotary settings."""
+        """The transformers 5 spelling of the rotary settings.
+
+        Writable, as in transformers: assigning a dict replaces the rotary settings, and an item
+        written into the returned dict (``config.rope_parameters["rope_theta"] = 5e5``) updates
+        the config too.
+        """
         params = dict(self.rope_scaling or {})
         params.pop("type", None)
         params.update(
             rope_type=self.rope_type, rope_theta=self.rotary_emb_base, partial_rotary_factor=self.rotary_pct
         )
-        return params
+        return _RopeParameters(self, params)
+
+    @rope_parameters.setter
+    def rope_parameters(self, params: dict[str, Any]) -> None:
+        old = (self.rope_scaling, self.rotary_emb_base, self.rotary_pct)
+        self.rope_scaling = None
+        try:
+            self._read_rope_parameters(params)
+            if isinstance(self.rope_scaling, dict):
+                self.rope_scaling = _normalise_rope_scaling(self.rope_scaling)
+            self.validate()
+        except ValueError:
+            self.rope_scaling, self.rotary_emb_base, self.rotary_pct = old
+            raise
 
     @property
     def num_labels(self) -> int:  # read by some HF utilities; causal LMs have none
@@ -177,6 +203,33 @@ class GPTNeoXConfig:
     @property
     def _attn_implementation(self) -> str:
         return self.attn_implementation
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str) -> None:
+        if value not in ("sdpa", "eager"):
+            raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {value!r}")
+        self.attn_implementation = value
+
+    @property
+    def torch_dtype(self) -> Any:
+        """transformers 4's name for ``dtype``."""
+        return self.dtype
+
+    @torch_dtype.setter
+    def torch_dtype(self, value: Any) -> None:
+        self.dtype = value
+
+    @property
+    def _name_or_path(self) -> str:
+        return self.name_or_path
+
+    @_name_or_path.setter
+    def _name_or_path(self, value: str | os.PathLike) -> None:
+        self.name_or_path = str(value)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> "GPTNeoXConfig":
+        """The config of the text model: this config itself (GPT-NeoX has no nested configs)."""
+        return self
 
     def __getattr__(self, name: str) -> Any:
         # Unknown config.json keys stay readable as attributes, as in transformers.
@@ -259,6 +312,7 @@ class GPTNeoXConfig:
             if f.name in ("extra", "name_or_path", "attn_implementation"):
                 continue
             out[f.name] = copy.deepcopy(getattr(self, f.name))
+        out["dtype"] = self.__dict__.get("_dtype")
         if out["architectures"] is None:
             out.pop("architectures")
         # Classic keys for transformers 4 readers; rope_parameters for transformers 5.
@@ -271,21 +325,40 @@ class GPTNeoXConfig:
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """``to_dict()`` less the values equal to a default config's (``model_type`` always kept)."""
+        default = GPTNeoXConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k not in default or default[k] != v or k == "model_type"}
+
     def to_json_string(self, use_diff: bool = False) -> str:
-        data = self.to_dict()
-        if use_diff:
-            default = GPTNeoXConfig().to_dict()
-            data = {k: v for k, v in data.items() if k not in default or default[k] != v or k == "model_type"}
+        data = self.to_diff_dict() if use_diff else self.to_dict()
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), self.to_json_string())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "GPTNeoXConfig":
+    def from_dict(
+        cls, data: dict[str, Any], return_unused_kwargs: bool = False, **overrides: Any
+    ) -> "GPTNeoXConfig | tuple[GPTNeoXConfig, dict[str, Any]]":
+        """A config from config.json's content; keyword arguments override its values.
+
+        With ``return_unused_kwargs=True`` (as transformers' AutoConfig calls it), keyword
+        arguments that are not config keys are returned, as ``(config, unused)``, instead of
+        being kept as extra keys.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
-        return cls(**{**data, **overrides})
+        unused: dict[str, Any] = {}
+        if return_unused_kwargs:
+            known = _known_keys()
+            unused = {k: v for k, v in overrides.items() if k not in known}
+            overrides = {k: v for k, v in overrides.items() if k in known}
+        for key in ("dtype", "torch_dtype"):
+            if overrides.get(key) == "auto":  # transformers' loader default: keep the file's
+                overrides.pop(key)
+        config = cls(**{**data, **overrides})
+        return (config, unused) if return_unused_kwargs else config
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "GPTNeoXConfig":
@@ -307,7 +380,7 @@ class GPTNeoXConfig:
         path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, options, required=True)
         config = cls.from_json_file(path)
         config.name_or_path = str(pretrained_model_name_or_path)
-        known = {f.name for f in dataclasses.fields(cls)} | {"torch_dtype", "rope_parameters"}
+        known = _known_keys()
         overrides = {k: v for k, v in kwargs.items() if k in known}
         unused = {k: v for k, v in kwargs.items() if k not in known}
         if overrides:
@@ -350,6 +423,56 @@ class GPTNeoXConfig:
         return isinstance(other, GPTNeoXConfig) and self.to_dict() == other.to_dict()
 
 
+def _get_dtype(self: GPTNeoXConfig) -> Any:
+    name = self.__dict__.get("_dtype")
+    if name is None:
+        return None
+    import torch  # lazily: reading a config needs no torch until a dtype is asked for
+
+    value = getattr(torch, name, None)
+    return value if isinstance(value, torch.dtype) else name
+
+
+def _set_dtype(self: GPTNeoXConfig, value: Any) -> None:
+    self.__dict__["_dtype"] = _dtype_name(value)
+
+
+# Installed after the class so that `dtype` stays a dataclass field (a config.json key) while
+# reading it gives a torch.dtype and writing accepts a dtype or its name.
+GPTNeoXConfig.dtype = property(_get_dtype, _set_dtype, doc="The weights' dtype as a torch.dtype (None: unknown).")
+
+
+class _RopeParameters(dict):
+    """``config.rope_parameters``: a dict whose item writes update the config it came from."""
+
+    def __init__(self, config: GPTNeoXConfig, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        self._config = config
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._config.rope_parameters = dict(self)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._config.rope_parameters = dict(self)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._config.rope_parameters = dict(self)
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
+def _known_keys() -> set[str]:
+    return {f.name for f in dataclasses.fields(GPTNeoXConfig)} | {
+        "torch_dtype", "rope_parameters", "_attn_implementation", "_name_or_path"}
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -369,7 +492,7 @@ def _normalise_rope_scaling(scaling: dict) -> dict:
 
 
 def _dtype_name(dtype: Any) -> str | None:
-    if dtype is None:
+    if dtype is None or dtype == "auto":
         return None
     name = str(dtype)
     return name[len("torch."):] if name.startswith("torch.") else name

@@ -34,7 +34,7 @@ from .quantization import prepare_for_loading, resolve_quantization
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_pretrained", "save_pretrained", "resolve_dtype", "resolve_device"]
+__all__ = ["load_pretrained", "save_pretrained", "metadata_files", "resolve_dtype", "resolve_device"]
 
 _DTYPES = {
     "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
@@ -61,8 +61,8 @@ def resolve_dtype(dtype: Any, files: list[Path] | None, config: GPTNeoXConfig) -
             raise ValueError(f"dtype must be a floating-point type, got {dtype}")
         return dtype
     if dtype is None or dtype == "auto":
-        if config.dtype in _DTYPES:
-            return _DTYPES[config.dtype]
+        if isinstance(config.dtype, torch.dtype) and config.dtype.is_floating_point:
+            return config.dtype
         found = checkpoint_dtype(files) if files else None
         return found or torch.float32
     if isinstance(dtype, str):
@@ -102,10 +102,28 @@ def resolve_device(device: Any, weight_bytes: int = 0) -> torch.device:
     return device
 
 
-def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs: Any) -> nn.Module:
+    """Build ``cls`` on the meta device and assign the checkpoint's tensors (see the module doc).
+
+    As in transformers: ``state_dict=`` supplies the tensors instead of the checkpoint's files
+    (with ``pretrained_model_name_or_path=None`` it needs ``config=`` too);
+    ``ignore_mismatched_sizes=True`` newly initialises a weight whose shape differs from the
+    config's instead of raising; ``output_loading_info=True`` also returns
+    ``{"missing_keys", "unexpected_keys", "mismatched_keys"}`` as sets (mismatched entries are
+    ``(key, checkpoint shape, model shape)``) and ``"error_msgs"`` as a list.
+    """
     name = pretrained_model_name_or_path
     options = HubOptions.pop_from(kwargs)
     config = kwargs.pop("config", None)
+    state_dict = kwargs.pop("state_dict", None)
+    ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+    if name is None and (config is None or state_dict is None):
+        raise ValueError(
+            f"{cls.__name__}.from_pretrained(None, ...) needs both config= and state_dict= (there is no folder "
+            "or repo id to read them from)"
+        )
+    if state_dict is not None and not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
     dtype = kwargs.pop("dtype", None)
     torch_dtype = kwargs.pop("torch_dtype", None)
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
@@ -123,6 +141,12 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     quantization_config = kwargs.pop("quantization_config", None)
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
+    adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}  # transformers' Auto classes always pass it
+    if "_adapter_model_path" in adapter_kwargs:
+        raise ValueError(
+            f"{name!r} holds a PEFT adapter, not a model: load its base model with from_pretrained, then "
+            "peft.PeftModel.from_pretrained(model, adapter_folder)"
+        )
 
     if config is None:
         config_overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in _config_fields()}
@@ -136,17 +160,24 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
         config.validate()
-    config.name_or_path = str(name)
-
-    files = find_weight_files(name, options)
-    if use_safetensors is True and not files[0].name.endswith(".safetensors"):
-        raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
-    if use_safetensors is False:
-        logger.info("use_safetensors=False: neox still prefers safetensors files when present")
-    dtype = resolve_dtype(dtype, files, config)
-    device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
+    config.name_or_path = "" if name is None else str(name)
 
     quant = resolve_quantization(quantization, quantization_config, config.extra.get("quantization_config"))
+    if state_dict is None:
+        files = find_weight_files(name, options)
+        if use_safetensors is True and not files[0].name.endswith(".safetensors"):
+            raise CheckpointError(f"use_safetensors=True but {name!r} has only {files[0].name}")
+        if use_safetensors is False:
+            logger.info("use_safetensors=False: neox still prefers safetensors files when present")
+        dtype = resolve_dtype(dtype, files, config)
+        device = resolve_device(device_arg, weight_bytes=sum(f.stat().st_size for f in files))
+        tensors = _iter_tensors(files, dtype, device, copy=quant is not None)
+    else:
+        if dtype is None or dtype == "auto":
+            dtype = config.dtype or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
+        dtype = resolve_dtype(dtype, None, config)
+        device = resolve_device(device_arg, weight_bytes=sum(t.numel() * t.element_size() for t in state_dict.values()))
+        tensors = _iter_state_dict(state_dict, dtype, device)
 
     with torch.device("meta"):
         model = cls(config)
@@ -159,7 +190,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
 
     loaded: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for path, key, tensor in _iter_tensors(files, dtype, device, copy=take is not None):
+    mismatched: list[tuple[str, torch.Size, torch.Size]] = []
+    for source, key, tensor in tensors:
         target = _target_key(key, prefix, is_base, expected)
         if target is None:
             continue
@@ -173,35 +205,46 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike,
             continue
         want = expected[target].shape
         if tensor.shape != want:
+            if ignore_mismatched_sizes:
+                mismatched.append((target, tensor.shape, want))
+                continue
             raise ValueError(
-                f"{path.name}: tensor {key!r} has shape {tuple(tensor.shape)}, but the model built from "
-                f"config.json needs {tuple(want)} for {target!r}"
+                f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, but the model built from "
+                f"config.json needs {tuple(want)} for {target!r} (ignore_mismatched_sizes=True initialises it anew)"
             )
         loaded[target] = tensor
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
-    missing = [k for k in expected if k not in loaded and k not in tied and k not in taken]
+    missing = [k for k in expected if k not in loaded and k not in tied and k not in taken
+               and k not in {m[0] for m in mismatched}]
     model.load_state_dict(loaded, strict=False, assign=True)
-    _materialize_missing(model, missing, dtype, device)
+    _materialize_missing(model, missing + [m[0] for m in mismatched], dtype, device)
     for module in model.modules():
         if hasattr(module, "reset_parameters") and type(module).__name__ == "RotaryEmbedding":
             module.reset_parameters(device)
     model.tie_weights()
 
-    if is_base:
-        unexpected = [k for k in unexpected if k not in ("embed_out.weight", "lm_head.weight")]
+    head = [k for k in unexpected if is_base and k in ("embed_out.weight", "lm_head.weight")]
+    unexpected_warned = [k for k in unexpected if k not in head]  # a base model leaving the head out is expected
+    if mismatched:
+        logger.warning("Some weights of %s were newly initialised because their shapes differ from the checkpoint %s: %s",
+                       cls.__name__, name, [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in mismatched])
     if missing:
         logger.warning("Some weights of %s were not in the checkpoint %s and are newly initialised: %s",
                        cls.__name__, name, missing)
-    if unexpected:
-        logger.warning("Some weights of the checkpoint %s were not used by %s: %s", name, cls.__name__, unexpected)
+    if unexpected_warned:
+        logger.warning("Some weights of the checkpoint %s were not used by %s: %s", name, cls.__name__,
+                       unexpected_warned)
 
-    model.name_or_path = str(name)
-    if hasattr(model, "generation_config"):
+    model.name_or_path = config.name_or_path
+    for module in model.modules():
+        module._is_hf_initialized = True  # loaded: init_weights() leaves it alone, as in transformers
+    if hasattr(model, "generation_config") and name is not None:
         _load_generation_config(model, name, options)
     model.eval()
     if output_loading_info:
-        info = {"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": [], "error_msgs": []}
+        info = {"missing_keys": set(missing), "unexpected_keys": set(unexpected), "mismatched_keys": set(mismatched),
+                "error_msgs": []}
         return model, info
     return model
 
@@ -230,7 +273,7 @@ def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | N
 
 
 def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device,
-                  copy: bool = False) -> Iterator[tuple[Path, str, torch.Tensor]]:
+                  copy: bool = False) -> Iterator[tuple[str, str, torch.Tensor]]:
     # copy=True reads each tensor into its own memory instead of viewing the mapped file, so a
     # tensor dropped after use (quantised while loading) leaves nothing behind in RSS.
     def convert(t: torch.Tensor) -> torch.Tensor:
@@ -241,13 +284,25 @@ def _iter_tensors(files: list[Path], dtype: torch.dtype, device: torch.device,
             if device.type == "cpu" and checkpoint_dtype([path]) in (dtype, None) and not copy:
                 # Zero-copy: tensors are views of the memory-mapped file.
                 for key, tensor in iter_checkpoint_tensors([path]):
-                    yield path, key, convert(tensor)
+                    yield path.name, key, convert(tensor)
             else:
                 for key, tensor in _read_safetensors(path, dtype, device):
-                    yield path, key, tensor
+                    yield path.name, key, tensor
         else:
             for key, tensor in iter_checkpoint_tensors([path]):
-                yield path, key, convert(tensor)
+                yield path.name, key, convert(tensor)
+
+
+def _iter_state_dict(
+    state_dict: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device
+) -> Iterator[tuple[str, str, torch.Tensor]]:
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(tensor).__name__}, not a tensor")
+        out = tensor.detach().to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        if out.data_ptr() == tensor.data_ptr() and out.numel():
+            out = out.clone()  # never share storage with the caller's tensors (another model's weights)
+        yield "state_dict", key, out
 
 
 #: Bytes read per step when a tensor is converted on the way in (dtype or device change).
@@ -347,11 +402,16 @@ def save_pretrained(
             state[key] = tensor.clone()
         seen.add(ptr)
 
+    save_directory.mkdir(parents=True, exist_ok=True)
+    save_state_dict(state, save_directory, max_shard_size=max_shard_size, extra_files=metadata_files(model))
+
+
+def metadata_files(model: nn.Module) -> dict[str, str]:
+    """config.json and generation_config.json as save_pretrained writes them beside the weights."""
     config = model.config
     config.architectures = [type(model).__name__]
-    config.dtype = str(model.dtype).removeprefix("torch.")
+    config.dtype = model.dtype
     files = {CONFIG_NAME: config.to_json_string()}
     if getattr(model, "generation_config", None) is not None:
         files[GENERATION_CONFIG_NAME] = model.generation_config.to_json_string()
-    save_directory.mkdir(parents=True, exist_ok=True)
-    save_state_dict(state, save_directory, max_shard_size=max_shard_size, extra_files=files)
+    return files

@@ -23,6 +23,8 @@ The output head ``embed_out`` is untied from ``embed_in`` in every EleutherAI ch
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 import os
@@ -38,7 +40,7 @@ from torch import nn
 from .cache import KVCache
 from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
-from .loading import load_pretrained, save_pretrained
+from .loading import load_pretrained, resolve_dtype, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .validation import check_input_ids
 
@@ -181,7 +183,9 @@ def attention(
         T, S = q.shape[2], k.shape[2]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        # transformers' eager path adds finfo.min rather than -inf: a row with no visible key
+        # then averages every value instead of turning to NaN.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     if dropout:
         probs = F.dropout(probs, p=dropout)
@@ -284,12 +288,18 @@ def _attention_mask(
             mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         return mask.to(device), False
     keep = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
-    mask = keep[:, None, None, :] & _causal(T, S, device)[None, None]  # (B, 1, T, S)
-    # A query at a padding position may see no key at all (left padding); let it see itself so
-    # its (ignored) output stays finite instead of NaN.
-    diagonal = torch.arange(T, device=device)
-    mask[:, :, diagonal, past + diagonal] = True
-    return mask, False
+    if past == 0 and not _tracing() and bool(keep.all()):
+        # All ones (a Trainer or tokenizer batch without padding): the plain causal fast path,
+        # as transformers' sdpa_mask skips the mask then. Not while tracing (a host sync).
+        return None, True
+    # As transformers builds it: causal AND key-is-not-padding. A padding query sees the real
+    # keys before it (right padding) or none at all (left padding); a row with no key gives 0
+    # under SDPA and the mean of all values under the eager path, as in transformers.
+    return keep[:, None, None, :] & _causal(T, S, device)[None, None], False  # (B, 1, T, S)
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _static_mask(cache_position: torch.Tensor, capacity: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -299,6 +309,16 @@ def _static_mask(cache_position: torch.Tensor, capacity: int, attention_mask: to
     if attention_mask is not None:
         mask = mask & attention_mask.to(torch.bool)[:, None, None, :]  # (B, 1, T, capacity)
     return mask
+
+
+#: The options torch.utils.checkpoint.checkpoint takes besides the function and its inputs.
+_CHECKPOINT_OPTIONS = {"use_reentrant", "preserve_rng_state", "context_fn", "determinism_check", "debug", "early_stop"}
+
+
+def _checkpoint_offloaded(function: Any, *args: Any, **kwargs: Any) -> Any:
+    # Saved activations live in host memory (pinned when there is a GPU to copy back to).
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
 
 
 def _causal(T: int, S: int, device: torch.device) -> torch.Tensor:
@@ -314,8 +334,27 @@ class GPTNeoXPreTrainedModel(nn.Module):
     config_class = GPTNeoXConfig
     base_model_prefix = "gpt_neox"
     main_input_name = "input_ids"
+    input_modalities = "text"
     supports_gradient_checkpointing = True
+    # Class flags that transformers' PreTrainedModel declares and its clients (accelerate's
+    # device maps, PEFT, the Trainer, pipelines) read, with transformers' GPT-NeoX values.
     _no_split_modules = ["GPTNeoXLayer"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _keep_in_fp32_modules: list[str] | None = None
+    _keep_in_fp32_modules_strict: list[str] | None = None
+    _keys_to_ignore_on_load_missing: list[str] | None = None
+    _keys_to_ignore_on_load_unexpected = [r"attention.bias", r"attention.masked_bias"]
+    _keys_to_ignore_on_save: list[str] | None = None
+    _tied_weights_keys: dict[str, str] | None = None
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _is_stateful = False
+    is_parallelizable = False
+    model_tags: list[str] | None = None
+    #: transformers' LOSS_MAPPING key; the Trainer counts shifted labels for "ForCausalLM".
+    loss_type: str | None = None
 
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__()
@@ -343,6 +382,21 @@ class GPTNeoXPreTrainedModel(nn.Module):
     def post_init(self) -> None:
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
+            for module in self.modules():
+                module._is_hf_initialized = True
+        self.tie_weights()
+
+    def init_weights(self) -> None:
+        """Initialise the modules not yet initialised, then tie; as transformers 5 does.
+
+        A model built normally or loaded is already initialised (this is then a no-op); one built
+        on the meta device and materialised with ``to_empty`` is initialised here.
+        """
+        if not any(p.is_meta for p in self.parameters()):
+            for module in self.modules():
+                if not getattr(module, "_is_hf_initialized", False):
+                    self._init_weights(module)
+                    module._is_hf_initialized = True
         self.tie_weights()
 
     # -- the HF helper surface ---------------------------------------------------------------
@@ -377,6 +431,61 @@ class GPTNeoXPreTrainedModel(nn.Module):
         if out is not None and self.config.tie_word_embeddings:
             out.weight = self.get_input_embeddings().weight
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and the buffers, by default), as transformers counts them."""
+        total = sum(p.nelement() * p.element_size() for p in self.parameters())
+        if return_buffers:
+            total += sum(b.nelement() * b.element_size() for b in self.buffers())
+        return total
+
+    def add_model_tags(self, tags: list[str] | str) -> None:
+        """Add tags for the model card (kept once each, in order), as TRL's trainers do."""
+        if isinstance(tags, str):
+            tags = [tags]
+        if self.model_tags is None:
+            self.model_tags = []
+        for tag in tags:
+            if tag not in self.model_tags:
+                self.model_tags.append(tag)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "5GB",
+    ) -> Any:
+        """Save to a temporary folder and upload it as ``repo_id`` with huggingface_hub.
+
+        Raises before any work when the Hub is switched off (``HF_HUB_OFFLINE=1``).
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi, constants  # lazily: only an upload needs the Hub client
+
+        if constants.HF_HUB_OFFLINE:
+            raise RuntimeError(
+                f"push_to_hub({repo_id!r}): the Hugging Face Hub is offline (HF_HUB_OFFLINE=1); save with "
+                "save_pretrained(folder) and upload the folder later"
+            )
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            if self.model_tags:  # the card's metadata carries the tags, as transformers writes them
+                from huggingface_hub import ModelCard, ModelCardData
+
+                card = ModelCard(f"---\n{ModelCardData(tags=self.model_tags, library_name='neox').to_yaml()}\n---\n")
+                card.save(os.path.join(folder, "README.md"))
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message or "Upload model",
+                revision=revision, create_pr=create_pr,
+            )
+
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         # As transformers counts: exclude_embeddings drops the nn.Embedding weights only (an
         # untied output head still counts), so Trainer/PEFT summaries print the same numbers.
@@ -392,10 +501,16 @@ class GPTNeoXPreTrainedModel(nn.Module):
         return total
 
     def resize_token_embeddings(
-        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
     ) -> nn.Embedding:
-        """Grow or shrink the vocabulary; new rows are initialised as in training (normal, std
-        initializer_range). Updates ``config.vocab_size``. Returns the input embedding."""
+        """Grow or shrink the vocabulary (input embedding and untied head); updates ``config.vocab_size``.
+
+        As transformers 5 does it, drawing from the global RNG in the same order (the same seed
+        gives the same numbers): with ``mean_resizing`` (the default) new rows are sampled from a
+        normal with the old rows' mean and 1e-9 × their covariance (the mean itself when that is
+        not positive definite); otherwise they are drawn as in training (normal, std
+        ``initializer_range``). Returns the input embedding.
+        """
         old = self.get_input_embeddings()
         if new_num_tokens is None and pad_to_multiple_of is None:
             return old
@@ -406,40 +521,104 @@ class GPTNeoXPreTrainedModel(nn.Module):
             n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
         if not isinstance(n, int) or n <= 0:
             raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
-        keep = min(n, old.num_embeddings)
-        new = nn.Embedding(n, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-        self._init_weights(new)
-        with torch.no_grad():
-            new.weight[:keep] = old.weight[:keep]
-        new.weight.requires_grad_(old.weight.requires_grad)
-        self.set_input_embeddings(new)
-        out = self.get_output_embeddings()
-        if out is not None and not self.config.tie_word_embeddings:
-            head = nn.Linear(out.in_features, n, bias=False, device=out.weight.device, dtype=out.weight.dtype)
-            self._init_weights(head)
-            with torch.no_grad():
-                head.weight[:keep] = out.weight[:keep]
-            head.weight.requires_grad_(out.weight.requires_grad)
-            self.set_output_embeddings(head)
+        if n != old.num_embeddings:
+            new = nn.Embedding(n, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+            self._fill_resized(old.weight, new, mean_resizing)
+            new.weight.requires_grad_(old.weight.requires_grad)
+            new._is_hf_initialized = True  # init_weights() must not redraw it
+            self.set_input_embeddings(new)
+            out = self.get_output_embeddings()
+            if out is not None and not self.config.tie_word_embeddings and out.out_features != n:
+                head = nn.Linear(out.in_features, n, bias=out.bias is not None, device=out.weight.device,
+                                 dtype=out.weight.dtype)
+                self._fill_resized(out.weight, head, mean_resizing)
+                if out.bias is not None:
+                    with torch.no_grad():
+                        keep = min(n, out.out_features)
+                        if n > out.out_features:
+                            mean, std = out.bias.float().mean(), out.bias.float().std()
+                            head.bias[keep:].normal_(mean=float(mean), std=1e-9 * float(std))
+                        head.bias[:keep] = out.bias[:keep]
+                head.weight.requires_grad_(out.weight.requires_grad)
+                head._is_hf_initialized = True
+                self.set_output_embeddings(head)
         self.config.vocab_size = n
         self.tie_weights()
-        return new
+        return self.get_input_embeddings()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute each layer in the backward pass (same gradients, less activation memory)."""
-        kwargs = dict(gradient_checkpointing_kwargs or {})
-        unknown = set(kwargs) - {"use_reentrant"}
+    def _fill_resized(self, old: torch.Tensor, new: nn.Module, mean_resizing: bool) -> None:
+        """New rows of a resized embedding/head (same draws as transformers), then the old rows."""
+        old_n, grow = old.shape[0], new.weight.shape[0] - old.shape[0]
+        with torch.no_grad():
+            if grow > 0 and not mean_resizing:
+                self._init_weights(new)
+            elif grow > 0:
+                w = old.float()
+                mean = w.mean(dim=0)
+                centered = w - mean
+                covariance = 1e-9 * (centered.T @ centered / old_n)
+                if torch.distributions.constraints.positive_definite.check(covariance).all():
+                    dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance)
+                    new.weight[-grow:] = dist.sample((grow,)).to(old.dtype)
+                else:
+                    new.weight[-grow:] = mean[None].expand(grow, -1).to(old.dtype)
+            keep = min(old_n, new.weight.shape[0])
+            new.weight[:keep] = old[:keep]
+
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Recompute layers in the backward pass (same gradients, less activation memory).
+
+        As transformers 5: ``activation_checkpointing_kwargs`` go to ``torch.utils.checkpoint.checkpoint``
+        (default ``{"use_reentrant": False}``); ``every_n_layers`` checkpoints layers 0, n, 2n, …;
+        ``offload`` keeps the saved activations in (pinned) host memory.
+        """
+        if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be a positive integer, got {every_n_layers!r}")
+        kwargs = {"use_reentrant": False} if activation_checkpointing_kwargs is None else dict(activation_checkpointing_kwargs)
+        unknown = set(kwargs) - _CHECKPOINT_OPTIONS
         if unknown:
-            raise TypeError(f"gradient_checkpointing_kwargs: unknown keys {sorted(unknown)}")
-        self._base().gradient_checkpointing = True
-        self._base().gradient_checkpointing_use_reentrant = kwargs.get("use_reentrant", False)
+            raise TypeError(
+                f"activation_checkpointing_kwargs: unknown keys {sorted(unknown)}; torch.utils.checkpoint.checkpoint "
+                f"takes {sorted(_CHECKPOINT_OPTIONS)} (every_n_layers and offload are arguments of their own)"
+            )
+        base = self._base()
+        base.gradient_checkpointing = True
+        base.gradient_checkpointing_use_reentrant = kwargs.get("use_reentrant", False)
+        base._checkpoint = functools.partial(_checkpoint_offloaded if offload else torch.utils.checkpoint.checkpoint,
+                                             **kwargs)
+        for i, layer in enumerate(base.layers):
+            layer.gradient_checkpointing = i % every_n_layers == 0
+        if self.main_input_name == "input_ids":
+            # As transformers: frozen embeddings (PEFT) must still pass gradients into checkpointed layers.
+            self.enable_input_require_grads()
+
+    def activation_checkpointing_disable(self) -> None:
+        base = self._base()
+        base.gradient_checkpointing = False
+        for layer in base.layers:
+            layer.gradient_checkpointing = False
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self._base().gradient_checkpointing
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """transformers' older name for :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload)
 
     def gradient_checkpointing_disable(self) -> None:
-        self._base().gradient_checkpointing = False
+        self.activation_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self._base().gradient_checkpointing
+        return self.is_activation_checkpointing
 
     def enable_input_require_grads(self) -> None:
         """Make the embedding output require grad (PEFT with frozen embeddings + checkpointing)."""
@@ -447,6 +626,7 @@ class GPTNeoXPreTrainedModel(nn.Module):
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
             output.requires_grad_(True)
 
+        self.disable_input_require_grads()  # once, however often enabled
         self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
 
     def disable_input_require_grads(self) -> None:
@@ -455,19 +635,36 @@ class GPTNeoXPreTrainedModel(nn.Module):
             hook.remove()
             del self._require_grads_hook
 
-    def can_generate(self) -> bool:
+    @classmethod
+    def can_generate(cls) -> bool:
         return False
 
     # -- loading and saving --------------------------------------------------------------------
 
     @classmethod
+    def _from_config(
+        cls, config: GPTNeoXConfig, dtype: Any = None, torch_dtype: Any = None, attn_implementation: str | None = None
+    ) -> "GPTNeoXPreTrainedModel":
+        """A freshly initialised model (what ``AutoModelForCausalLM.from_config`` calls)."""
+        if attn_implementation is not None:
+            config = copy.deepcopy(config)
+            config.attn_implementation = attn_implementation
+            config.validate()
+        model = cls(config)
+        dtype = dtype if dtype is not None else torch_dtype
+        if dtype is not None and dtype != "auto":
+            model = model.to(resolve_dtype(dtype, None, config))
+        return model
+
+    @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         *model_args: Any,
         **kwargs: Any,
     ) -> "GPTNeoXPreTrainedModel":
-        """Load a checkpoint folder or Hub repo id (see :func:`neox.loading.load_pretrained`)."""
+        """Load a checkpoint folder or Hub repo id (see :func:`neox.loading.load_pretrained`);
+        ``None`` with ``config=`` and ``state_dict=`` builds from those alone."""
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no extra positional arguments")
         return load_pretrained(cls, pretrained_model_name_or_path, **kwargs)
@@ -503,6 +700,7 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.gradient_checkpointing_use_reentrant = False
+        self._checkpoint = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
         self.post_init()
 
     def forward(
@@ -655,11 +853,8 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
             if output_hidden_states:
                 hidden_states.append(x)
             hm = head_mask[i] if head_mask is not None else None
-            if checkpointing:
-                x, probs = torch.utils.checkpoint.checkpoint(
-                    layer, x, rope, mask, causal, cache, hm, output_attentions, cache_position,
-                    use_reentrant=self.gradient_checkpointing_use_reentrant,
-                )
+            if checkpointing and getattr(layer, "gradient_checkpointing", True):
+                x, probs = self._checkpoint(layer, x, rope, mask, causal, cache, hm, output_attentions, cache_position)
             else:
                 x, probs = layer(x, rope, mask, causal, cache, hm, output_attentions, cache_position)
             if output_attentions:
@@ -680,7 +875,13 @@ class GPTNeoXModel(GPTNeoXPreTrainedModel):
 class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
     """GPTNeoXModel plus the untied output head ``embed_out`` (D → V, no bias)."""
 
-    _tied_weights_keys = ["embed_out.weight"]
+    # transformers 5's form: {tied parameter: its source}, read by PEFT and accelerate; the tie
+    # itself applies only with config.tie_word_embeddings.
+    _tied_weights_keys = {"embed_out.weight": "gpt_neox.embed_in.weight"}
+    loss_type = "ForCausalLM"
+    #: The Trainer passes ``num_items_in_batch`` (the loss divisor over all gradient-accumulation
+    #: micro-batches) only to models that declare they take it; forward names it explicitly.
+    accepts_loss_kwargs = True
 
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
@@ -690,6 +891,7 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         # GPTNeoXModel initialised itself; only the head is new here.
         if not self.embed_out.weight.is_meta:
             self._init_weights(self.embed_out)
+            self.embed_out._is_hf_initialized = self._is_hf_initialized = True
         self.tie_weights()
         self.generation_config = GenerationConfig.from_model_config(config)
 
@@ -703,8 +905,52 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
     def lm_head(self) -> nn.Linear:  # transformers 5's name for the head
         return self.embed_out
 
-    def can_generate(self) -> bool:
+    @classmethod
+    def can_generate(cls) -> bool:
         return True
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        next_sequence_length: int | None = None,
+        cache: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The keyword arguments of one ``forward`` call in a decode loop, as transformers 5 builds them.
+
+        ``input_ids`` is cut to its last ``next_sequence_length`` tokens (or ``inputs_embeds`` is used on
+        the first iteration), ``position_ids`` to the same length; the cache and mask pass through,
+        and every other keyword (but ``labels``) is forwarded to ``forward`` as is, so an argument
+        ``forward`` does not know still fails there by name.
+        """
+        cache = _pick_cache(past_key_values, cache)
+        model_inputs: dict[str, Any] = {}
+        if inputs_embeds is not None and is_first_iteration:
+            embeds = inputs_embeds[:, -next_sequence_length:] if next_sequence_length is not None else inputs_embeds
+            model_inputs["input_ids"] = None
+            model_inputs["inputs_embeds"] = embeds.clone(memory_format=torch.contiguous_format)
+            T = embeds.shape[1]
+        else:
+            ids = input_ids[:, -next_sequence_length:] if next_sequence_length is not None else input_ids
+            model_inputs["input_ids"] = ids.clone(memory_format=torch.contiguous_format)
+            T = ids.shape[1]
+        if cache is not None:
+            model_inputs["cache"] = cache
+        position_ids = kwargs.pop("position_ids", None)
+        if position_ids is not None:
+            if position_ids.shape[-1] != T:
+                position_ids = position_ids[..., -T:].clone(memory_format=torch.contiguous_format)
+            model_inputs["position_ids"] = position_ids
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        for key, value in kwargs.items():
+            if key not in ("labels", "next_sequence_length"):
+                model_inputs[key] = value
+        return model_inputs
 
     def forward(
         self,
@@ -722,6 +968,7 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         cache: KVCache | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
     ) -> CausalLMOutputWithPast | tuple:
         """Logits (B, T, V) for input_ids (B, T), and the loss when ``labels`` are given.
 
@@ -735,6 +982,9 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
                 (B, H, S, hs). ``cache`` is transformers 5's name for the same argument.
             labels: (B, T) targets; the loss is the shifted cross-entropy in fp32, positions
                 labelled -100 ignored; mean over tokens, or sum / ``num_items_in_batch``.
+            shift_labels: (B, T) targets already aligned with the logits (position t predicts
+                shift_labels[t]), used instead of shifting ``labels`` — as padding-free collators
+                pass them. As in transformers, the loss is computed only when ``labels`` is given.
             use_cache: return the cache as ``past_key_values`` (default ``config.use_cache``;
                 off while training with gradient checkpointing).
             logits_to_keep: int N > 0 computes logits for the last N positions only; a 1-D
@@ -757,7 +1007,7 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
         logits = self.embed_out(h)  # (B, T', V)
         loss = None
         if labels is not None:
-            loss = causal_lm_loss(logits, labels, num_items_in_batch)
+            loss = causal_lm_loss(logits, labels, num_items_in_batch, shift_labels=shift_labels)
         result = CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=out.past_key_values,
             hidden_states=out.hidden_states, attentions=out.attentions,
@@ -771,13 +1021,23 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token cross-entropy in fp32: position t predicts labels[t+1]; -100 is ignored."""
-    if labels.shape != logits.shape[:-1]:
+    """Next-token cross-entropy in fp32: position t predicts labels[t+1] (or shift_labels[t]); -100 is ignored."""
+    if shift_labels is not None:
+        if shift_labels.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"shift_labels have shape {tuple(shift_labels.shape)}; expected {tuple(logits.shape[:-1])} like input_ids"
+            )
+        targets = shift_labels.to(logits.device)
+    elif labels.shape != logits.shape[:-1]:
         raise ValueError(f"labels have shape {tuple(labels.shape)}; expected {tuple(logits.shape[:-1])} like input_ids")
+    else:
+        targets = F.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)  # (B, T): labels shifted left
     V = logits.shape[-1]
-    targets = F.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)  # (B, T): labels shifted left
     reduction = "mean" if num_items_in_batch is None else "sum"
     loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction=reduction)
     if num_items_in_batch is not None:

@@ -155,7 +155,7 @@ def test_reads_pythia_style_config(tmp_path):
     config = GPTNeoXConfig.from_pretrained(tmp_path)
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (512, 6, 50304)
     assert config.rotary_ndims == 16 and config.rope_theta == 10000
-    assert config.dtype == "float16" and config.eos_token_id == 0
+    assert config.dtype == torch.float16 and config.eos_token_id == 0
     assert "transformers_version" not in config.extra and "model_type" not in config.extra
 
 
@@ -163,7 +163,7 @@ def test_reads_pythia_style_config(tmp_path):
 @pytest.mark.parametrize("value", ["bfloat16", torch.bfloat16, "torch.bfloat16"])
 def test_dtype_spellings(key, value):
     config = GPTNeoXConfig(**tiny_kwargs(**{key: value}))
-    assert config.dtype == "bfloat16"
+    assert config.dtype == torch.bfloat16
     data = config.to_dict()
     assert data["dtype"] == data["torch_dtype"] == "bfloat16"  # new and old readers
     json.dumps(data)
@@ -253,8 +253,8 @@ def test_from_pretrained_repo_id_offline(hub_cache, tmp_path):
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, lambda c: (c.rope_type, c.rope_factor) == ("linear", 2.0)),
     ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 99.0, "partial_rotary_factor": 1.0}},
      lambda c: rope_summary(c) == ("dynamic", 2.0, 1.0, 99.0)),
-    ({"torch_dtype": "float16"}, lambda c: c.dtype == "float16"),
-    ({"dtype": "bfloat16"}, lambda c: c.dtype == "bfloat16"),
+    ({"torch_dtype": "float16"}, lambda c: c.dtype == torch.float16),
+    ({"dtype": "bfloat16"}, lambda c: c.dtype == torch.bfloat16),
 ])
 def test_from_pretrained_overrides(tmp_path, override, check):
     """Keyword arguments override config.json — including the rotary keys, whose other spelling

@@ -240,7 +240,7 @@ def _with_defaults(config: GenerationConfig) -> GenerationConfig:
     return config
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -262,14 +262,14 @@ def _validate(cfg: GenerationConfig) -> None:
 
     for name in ("max_length", "min_length", "num_beams", "num_return_sequences", "no_repeat_ngram_size"):
         value = getattr(cfg, name)
-        need(_is_int(value) and value >= 0, f"`{name}` must be a non-negative integer, got {value!r}")
+        need(is_int(value) and value >= 0, f"`{name}` must be a non-negative integer, got {value!r}")
     need(cfg.num_beams >= 1, f"`num_beams` must be at least 1, got {cfg.num_beams}")
     need(cfg.num_return_sequences >= 1, f"`num_return_sequences` must be at least 1, got {cfg.num_return_sequences}")
     if cfg.max_new_tokens is not None:
-        need(_is_int(cfg.max_new_tokens) and cfg.max_new_tokens > 0,
+        need(is_int(cfg.max_new_tokens) and cfg.max_new_tokens > 0,
              f"`max_new_tokens` must be a positive integer, got {cfg.max_new_tokens!r}")
     if cfg.min_new_tokens is not None:
-        need(_is_int(cfg.min_new_tokens) and cfg.min_new_tokens >= 0,
+        need(is_int(cfg.min_new_tokens) and cfg.min_new_tokens >= 0,
              f"`min_new_tokens` must be a non-negative integer, got {cfg.min_new_tokens!r}")
     need(cfg.early_stopping in (True, False, "never"),
          f"`early_stopping` must be True, False or 'never', got {cfg.early_stopping!r}")
@@ -297,7 +297,7 @@ def _validate(cfg: GenerationConfig) -> None:
         need(_is_finite(t) and t > 0,
              f"`temperature` must be a positive, finite number when sampling, got {t!r}"
              + (" (for greedy decoding pass do_sample=False)" if _is_number(t) and t == 0 else ""))
-        need(_is_int(cfg.top_k) and cfg.top_k >= 0, f"`top_k` must be a non-negative integer (0 disables it), got {cfg.top_k!r}")
+        need(is_int(cfg.top_k) and cfg.top_k >= 0, f"`top_k` must be a non-negative integer (0 disables it), got {cfg.top_k!r}")
         need(_is_number(cfg.top_p) and 0 < cfg.top_p <= 1, f"`top_p` must be in (0, 1], got {cfg.top_p!r}")
         if cfg.min_p is not None:
             need(_is_number(cfg.min_p) and 0 <= cfg.min_p <= 1, f"`min_p` must be in [0, 1], got {cfg.min_p!r}")
@@ -310,12 +310,12 @@ def _validate(cfg: GenerationConfig) -> None:
         words = cfg.bad_words_ids
         need(isinstance(words, list) and len(words) > 0 and all(isinstance(w, list) and w for w in words),
              f"`bad_words_ids` must be a non-empty list of non-empty lists of token ids, got {words!r}")
-        need(all(_is_int(t) and t >= 0 for w in words for t in w),
+        need(all(is_int(t) and t >= 0 for w in words for t in w),
              f"`bad_words_ids` must hold non-negative integer token ids, got {words!r}")
     for name in ("suppress_tokens", "begin_suppress_tokens"):
         value = getattr(cfg, name)
         if value is not None:
-            need(isinstance(value, (list, tuple)) and all(_is_int(t) and t >= 0 for t in value),
+            need(isinstance(value, (list, tuple)) and all(is_int(t) and t >= 0 for t in value),
                  f"`{name}` must be a list of non-negative integer token ids, got {value!r}")
     if cfg.stop_strings is not None:
         strings = [cfg.stop_strings] if isinstance(cfg.stop_strings, str) else cfg.stop_strings

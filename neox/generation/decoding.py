@@ -86,7 +86,7 @@ def _static_step(model: Any, input_ids: Any, attention_mask: Any, position_ids: 
     return model.embed_out(out.last_hidden_state[:, -1]).float()
 
 
-class _StaticDecode:
+class StaticDecode:
     """The static-shape decode step of one generate() call (see above)."""
 
     def __init__(self, cache: Any, step: Callable, compiled: bool, describe: str) -> None:
@@ -157,7 +157,7 @@ def _compile_options(cfg: GenerationConfig, device: Any) -> dict[str, Any] | Non
 
 
 def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: Any, past: Any,
-                 use_cache: bool) -> _StaticDecode | None:
+                 use_cache: bool) -> StaticDecode | None:
     """The static decode step for this call, or None (with a warning) where it cannot apply."""
     why = []
     if cfg.num_beams > 1:
@@ -177,7 +177,7 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
     dtype = model.get_input_embeddings().weight.dtype  # the activations' dtype (a quantised head has no .weight)
     if options is None:
         cache = KVCache.for_model(model.config, N, capacity, dtype, device)
-        return _StaticDecode(cache, _static_step, compiled=False, describe="eager")
+        return StaticDecode(cache, _static_step, compiled=False, describe="eager")
     state = _STATIC_STATE.setdefault(model, {"cache": None, "steps": {}})
     cache = state["cache"]
     if (cache is None or cache.batch_size != N or cache.capacity != capacity or cache.keys[0].dtype != dtype
@@ -197,11 +197,11 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
         step = torch.compile(_static_step, **options)
         state["steps"][key] = step
     describe = f"torch.compile backend={options['backend']!r} mode={options['mode']!r} on {device.type}"
-    return _StaticDecode(cache, step, compiled=True, describe=describe)
+    return StaticDecode(cache, step, compiled=True, describe=describe)
 
 
 def build_cache(model: Any, cfg: GenerationConfig, N: int, prompt_len: int, new_max: int, past: Any,
-                with_embeds: bool, device: Any) -> tuple[Any, _StaticDecode | None, int]:
+                with_embeds: bool, device: Any) -> tuple[Any, StaticDecode | None, int]:
     """The cache for one call, preallocated once to the final length (the last token is never fed
     back): a user's ``past`` continued, the static step's, a fresh one, or None (use_cache=False).
     Returns it, the static step (or None) and how many prompt positions ``past`` already holds."""

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..validation import check_input_ids
-from .config import GenerationConfig, _is_int, resolve_settings
-from .decoding import _StaticDecode, build_cache
+from .config import GenerationConfig, is_int, resolve_settings
+from .decoding import StaticDecode, build_cache
 from .processors import Processor, build_processors, token_list
 from .stopping import StopStrings
 
@@ -41,7 +41,7 @@ class Run:
     mask: Any                   # (N, prompt_len + new) 1/0 buffer, or None when nothing is padded
     positions: Any              # (N, prompt_len + new) position ids, or None for 0, 1, 2, ...
     cache: Any                  # KVCache or None
-    static: _StaticDecode | None  # the step when decoding with cache_implementation="static"
+    static: StaticDecode | None  # the step when decoding with cache_implementation="static"
     processors: list[Processor]
     criteria: list[Callable]    # device-side stopping criteria (beyond eos and max_length)
     eos: Any                    # (E,) tensor or None
@@ -211,7 +211,7 @@ def _special_tokens(cfg: GenerationConfig, prompt: _Prompt, vocab: int) -> tuple
     if any(t < 0 for t in eos_list):
         logger.warning("eos_token_id should hold non-negative ids, got %s: generation will not stop at it", eos_list)
     pad = cfg.pad_token_id
-    if pad is not None and not _is_int(pad):
+    if pad is not None and not is_int(pad):
         if isinstance(pad, torch.Tensor) and pad.numel() == 1:
             pad = int(pad)
         else:
@@ -360,7 +360,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def _buffers(prompt: _Prompt, N: int, max_length: int, new_max: int, static: _StaticDecode | None,
+def _buffers(prompt: _Prompt, N: int, max_length: int, new_max: int, static: StaticDecode | None,
              device: Any) -> tuple[Any, Any, Any]:
     """The sequence buffer, and (only when needed) the attention-mask and position-id buffers,
     each preallocated to the final length so the loop writes in place and passes slice views."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import GenerationConfig, _is_int
+from .config import GenerationConfig, is_int
 
 __all__ = ["Processor", "build_processors", "apply_processors"]
 
@@ -269,9 +269,9 @@ def token_list(value: Any, name: str) -> list[int]:
         return []
     if isinstance(value, torch.Tensor):
         value = value.tolist()
-    if _is_int(value):
+    if is_int(value):
         return [value]
-    if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+    if isinstance(value, (list, tuple)) and all(is_int(v) for v in value):
         return list(value)
     raise ValueError(f"`{name}` must be an integer or a list of integers, got {value!r}")
 
