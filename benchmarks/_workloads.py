@@ -27,7 +27,48 @@ IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "neox-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
     "transformers": ("transformers", {}),
     "transformers-static": ("transformers", {"cache_implementation": "static"}),
+    # Weight-only quantised and bf16 modes, and their peers (see LOAD_KWARGS).
+    "neox-int8": ("neox", {}),
+    "neox-int4": ("neox", {}),
+    "neox-bf16": ("neox", {}),
+    "neox-int8-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
+    "neox-int4-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
+    "transformers-bf16": ("transformers", {}),
+    # transformers' CPU route to int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig()); needs torchao
+    # importable (e.g. PYTHONPATH=/tmp/quant-site, see benchmarks/README.md).
+    "transformers-torchao-int8": ("transformers", {}),
+    # llama.cpp through llama-cpp-python on a GGUF of the same weights; batch 1 only.
+    "llamacpp-f32": ("llama_cpp", {}),
+    "llamacpp-f16": ("llama_cpp", {}),
+    "llamacpp-q8_0": ("llama_cpp", {}),
+    "llamacpp-q4_0": ("llama_cpp", {}),
 }
+
+# from_pretrained arguments beyond the checkpoint's dtype, per impl; "dtype" overrides --dtype.
+LOAD_KWARGS: dict[str, dict[str, Any]] = {
+    "neox-int8": {"quantization": "int8"},
+    "neox-int4": {"quantization": "int4"},
+    "neox-int8-compiled": {"quantization": "int8"},
+    "neox-int4-compiled": {"quantization": "int4"},
+    "neox-bf16": {"dtype": "bfloat16"},
+    "transformers-bf16": {"dtype": "bfloat16"},
+    "transformers-torchao-int8": {"torchao": "int8"},
+}
+#: Impls whose numbers are not fp32's (quantised, bf16, another library's kernels): their tokens
+#: and logits are compared for information, never flagged as a mismatch.
+LOSSY = {i for i in IMPLS if i in LOAD_KWARGS or i.startswith("llamacpp")}
+
+
+def allowed_phases(impl: str, phases: list[str]) -> list[str]:
+    """The phases an impl runs: static variants differ only in generate(); quantised/bf16 models
+    are for inference (no training); llama-cpp-python decodes one sequence at a time."""
+    if impl.startswith("llamacpp"):
+        return [p for p in phases if p == "decode-b1"]
+    if IMPLS[impl][1]:
+        return [p for p in phases if p.startswith("decode-b")]
+    if impl in LOAD_KWARGS:
+        return [p for p in phases if p != "train"]
+    return list(phases)
 
 
 # ============================================================================ CPU and memory accounting
@@ -151,6 +192,10 @@ def _rand_ids(shape: tuple[int, ...], vocab: int, seed: int, device: str) -> Any
 
 
 def import_library(library: str) -> Any:
+    if library == "llama_cpp":
+        import llama_cpp
+
+        return llama_cpp
     if library == "neox":
         from neox import GPTNeoXForCausalLM
     elif library == "transformers":
@@ -163,16 +208,28 @@ def import_library(library: str) -> Any:
     return GPTNeoXForCausalLM
 
 
-def load_model(cls: Any, ckpt: str, dtype: str, device: str) -> tuple[Any, str]:
+def load_model(cls: Any, ckpt: str, dtype: str, device: str, impl: str = "") -> tuple[Any, str]:
     import importlib.util
 
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "output_loading_info": True}
+    if impl.startswith("llamacpp"):
+        return LlamaCppModel(ckpt, impl[len("llamacpp-"):], int(os.environ.get("OMP_NUM_THREADS", "2"))), "gguf"
+    extra = dict(LOAD_KWARGS.get(impl, {}))
+    dtype = extra.pop("dtype", dtype)
+    if extra.pop("torchao", None):
+        from torchao.quantization import Int8WeightOnlyConfig
+        from transformers import TorchAoConfig
+
+        extra["quantization_config"] = TorchAoConfig(Int8WeightOnlyConfig())
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "output_loading_info": True, **extra}
     # transformers needs the accelerate package for device_map; without it, load on the CPU and move.
     is_transformers = cls.__module__.startswith("transformers")
     if device != "cpu" and (not is_transformers or importlib.util.find_spec("accelerate") is not None):
         kwargs["device_map"] = device
     model, info = cls.from_pretrained(ckpt, **kwargs)
     info = dict(info) if info is not None else {}
+    if impl in LOAD_KWARGS:  # quantised loads rename weights (qweight, scales): "missing" is expected there
+        info = {k: [x for x in (v or []) if not str(x).endswith(".weight")] if k == "missing_keys" else v
+                for k, v in info.items()}
     problems = {k: sorted(map(str, info.get(k) or [])) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
@@ -190,10 +247,72 @@ def touch_weights(model: Any) -> None:
     """Read one value per 4 KiB page of every parameter and buffer (pages in mmap-backed weights)."""
     import torch
 
+    if isinstance(model, LlamaCppModel):
+        return
     with torch.no_grad():
         for t in list(model.parameters()) + list(model.buffers()):
             flat = t.detach().reshape(-1)
             flat[:: max(1, 4096 // t.element_size())].sum()
+
+
+def model_bytes(model: Any) -> int:
+    """Bytes of every parameter and buffer, shared storages once."""
+    if isinstance(model, LlamaCppModel):
+        return model.file_bytes
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+# ============================================================================ llama.cpp
+
+
+class LlamaCppModel:
+    """llama.cpp through llama-cpp-python, with the generate() the decode phase calls (batch 1,
+    greedy, eos masked until min_new_tokens like the torch libraries' generate)."""
+
+    def __init__(self, ckpt: str, kind: str, threads: int) -> None:
+        import llama_cpp
+
+        from _gguf import gguf_for
+
+        cfg = json.loads(open(os.path.join(ckpt, "config.json")).read())
+        self.path = gguf_for(ckpt, kind)
+        self.file_bytes = os.path.getsize(self.path)
+        self.config = type("Config", (), {"vocab_size": cfg["vocab_size"], "eos_token_id": cfg.get("eos_token_id", 0)})
+        self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=2048, n_batch=512, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False)
+        self.device = "cpu"
+
+    def eval(self) -> "LlamaCppModel":
+        return self
+
+    def generate(self, ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, min_new_tokens: int = 0,
+                 do_sample: bool = False, pad_token_id: int | None = None) -> Any:
+        import numpy as np
+        import torch
+
+        if ids.shape[0] != 1:
+            raise NotImplementedError("llama-cpp-python decodes one sequence at a time")
+        eos = self.config.eos_token_id
+        llm = self.llm
+        llm.reset()
+        prompt = ids[0].tolist()
+        llm.eval(prompt)
+        out: list[int] = []
+        for i in range(max_new_tokens):
+            logits = np.array(llm.scores[llm.n_tokens - 1], copy=True)  # (V,) of the last position
+            if i < min_new_tokens and eos is not None:
+                logits[eos] = -np.inf
+            tok = int(logits.argmax())
+            out.append(tok)
+            if i + 1 < max_new_tokens:
+                llm.eval([tok])
+        return torch.tensor([prompt + out])
 
 
 # ============================================================================ phases
@@ -442,7 +561,7 @@ def run_worker(args: Any) -> dict[str, Any]:
     reset_peak_rss()
     _cuda_peak_reset(args.device)
     with CpuMeter() as cpu:
-        model, how = load_model(cls, args.ckpt, args.dtype, args.device)
+        model, how = load_model(cls, args.ckpt, args.dtype, args.device, args.worker)
     peak_returned = peak_rss_mb() - rss_import
     # Both libraries may hand back weights that are views of the memory-mapped file, read from
     # disk only when first used; touch every page so the load numbers include that work.
@@ -456,7 +575,15 @@ def run_worker(args: Any) -> dict[str, Any]:
         "peak_over_import_mb": peak_rss_mb() - rss_import,
         "peak_rss_mb": peak_rss_mb(), "rss_after_mb": rss_mb(),
         "peak_gpu_mb": _cuda_peak_mb(args.device),
+        "model_bytes": model_bytes(model),
     }
+    # What quantising while loading must stay under: the loaded model plus one full-precision tensor.
+    cfg = json.loads(open(os.path.join(args.ckpt, "config.json")).read())
+    import _randckpt
+
+    largest = max(_numel(s) for _, s in _randckpt.tensor_shapes(cfg)) * _randckpt.DTYPE_BYTES[args.dtype]
+    result["load"]["peak_vs_model_plus_tensor"] = (
+        result["load"]["peak_over_import_mb"] * 2**20 / (result["load"]["model_bytes"] + largest))
     result["import"] = {"seconds": imp_cpu.wall, "cpu": imp_cpu.as_dict(), "rss_start_mb": rss_start,
                         "rss_after_import_mb": rss_import}
     result["versions"] = {"torch": torch.__version__, library: sys.modules[library].__dict__.get("__version__")}
@@ -483,6 +610,13 @@ def run_worker(args: Any) -> dict[str, Any]:
         result["phases"][phase] = out
     result["worker_seconds"] = time.perf_counter() - t_start
     return result
+
+
+def _numel(shape: Any) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def worker_main(args: Any) -> int:

@@ -34,7 +34,16 @@ import _workloads  # noqa: E402
 DEFAULT_IMPLS = "neox,transformers,transformers-static"
 DEFAULT_PHASES = "decode-b1,decode-b8,prefill,train"
 SHORT = {"neox": "neox", "neox-static": "neox-st", "neox-compiled": "neox-c", "transformers": "tf",
-         "transformers-static": "tf-st"}
+         "transformers-static": "tf-st", "neox-int8": "n-int8", "neox-int4": "n-int4", "neox-bf16": "n-bf16",
+         "neox-int8-compiled": "n-int8-c", "neox-int4-compiled": "n-int4-c", "transformers-bf16": "tf-bf16",
+         "transformers-torchao-int8": "tf-ao-int8", "llamacpp-f32": "lc-f32", "llamacpp-f16": "lc-f16",
+         "llamacpp-q8_0": "lc-q8_0", "llamacpp-q4_0": "lc-q4_0"}
+# The original implementations: with only these, the table keeps its every-neox-by-every-tf ratios.
+CLASSIC = {"neox", "neox-static", "neox-compiled", "transformers", "transformers-static"}
+# Beyond those, each neox mode is divided by transformers fp32 and by its peers of the same format.
+PEERS = {"neox": ["llamacpp-f32"], "neox-compiled": ["llamacpp-f32"], "neox-bf16": ["transformers-bf16", "llamacpp-f16"],
+         "neox-int8": ["transformers-torchao-int8", "llamacpp-q8_0"], "neox-int8-compiled": ["llamacpp-q8_0"],
+         "neox-int4": ["llamacpp-q4_0"], "neox-int4-compiled": ["llamacpp-q4_0"]}
 # Targets from the issue: neox ÷ transformers (default generate) at batch-1 decode, per preset.
 B1_RATIO_TARGET = {"pythia-70m": 1.8, "pythia-160m": 1.4}
 ROOFLINE_TARGET = 0.85
@@ -81,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--build-gguf", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.dtype is None:
@@ -143,9 +153,7 @@ def log(msg: str) -> None:
 
 def phases_for(impl: str, phases: list[str]) -> list[str]:
     # The -static variants differ only in generate(); their other phases would repeat the default's.
-    if _workloads.IMPLS[impl][1]:
-        return [p for p in phases if p.startswith("decode-b")]
-    return list(phases)
+    return _workloads.allowed_phases(impl, phases)
 
 
 def phase_groups(phases: list[str], mode: str) -> list[list[str]]:
@@ -176,6 +184,11 @@ def run_preset(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     if "error" in build:
         raise SystemExit(f"building the {preset} checkpoint failed: {build['error']}\n{build.get('stderr', '')}")
     log(f"[{preset}] checkpoint {'reused' if build['cached'] else 'written in %.1f s' % build['seconds']}")
+    for impl in [i for i in impls if i.startswith("llamacpp-")]:  # GGUF conversion, untimed, once
+        made = run_child([sys.executable, str(HERE / "bench.py"), "--build-gguf", impl[len("llamacpp-"):],
+                          "--ckpt", str(ckpt)], args)
+        if "error" in made:
+            raise SystemExit(f"making the {impl} GGUF failed: {made['error']}\n{made.get('stderr', '')}")
 
     samples: list[dict[str, Any]] = []
     t_preset = time.perf_counter()
@@ -264,6 +277,9 @@ def summarize(preset: str, cfg: dict[str, Any], build: dict[str, Any], samples: 
             add(impl, "load.peak_when_returned_mb", ld["peak_when_returned_mb"], b)
             add(impl, "load.peak_over_import_mb", ld["peak_over_import_mb"], b)
             add(impl, "load.peak_gpu_mb", ld.get("peak_gpu_mb"), b)
+            if ld.get("peak_vs_model_plus_tensor") is not None:
+                add(impl, "load.peak_vs_model_plus_tensor", ld["peak_vs_model_plus_tensor"], b)
+                add(impl, "load.model_mb", ld["model_bytes"] / 2**20, False)
             add(impl, "import.seconds", s["import"]["seconds"], _busy(s["import"].get("cpu"), thr))
             add(impl, "import.rss_mb", s["import"]["rss_after_import_mb"], False)
             if b:
@@ -341,6 +357,9 @@ def correctness_checks(samples: list[dict[str, Any]], impls: list[str], phases: 
                 continue
             ref = by[(ref_impl, ph)][0]
             mine = outs[0]
+            if impl in _workloads.LOSSY:
+                checks.append(_agreement(ph, impl, ref_impl, mine, ref))
+                continue
             if ph.startswith("decode-b"):
                 checks.append(_compare_tokens(ph, impl, ref_impl, mine, ref, by.get((ref_impl, "decode-b1")), tie))
             elif ph == "prefill":
@@ -357,6 +376,24 @@ def correctness_checks(samples: list[dict[str, Any]], impls: list[str], phases: 
                 checks.append({"phase": ph, "impl": impl, "ok": ok, "text":
                                f"train first-step loss: {impl} {a:.6f} vs {ref_impl} {b:.6f}" + ("" if ok else "  MISMATCH")})
     return checks
+
+
+def _agreement(ph: str, impl: str, ref_impl: str, mine: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """For a lossy mode (quantised, bf16, another library): how close, never a mismatch."""
+    if ph.startswith("decode-b"):
+        a, b = mine["tokens"], ref["tokens"]
+        same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+        total = sum(len(r) for r in b)
+        prefix = [next((j for j, (x, y) in enumerate(zip(ra, rb)) if x != y), len(rb)) for ra, rb in zip(a, b)]
+        text = (f"{ph} greedy tokens ({impl}, lossy, informational): {same}/{total} equal to {ref_impl}'s, "
+                f"identical prefix per row {prefix}")
+    elif ph == "prefill":
+        x, y = mine["check"], ref["check"]
+        text = (f"prefill last-token logits ({impl}, lossy, informational): argmax {x['argmax']} vs {y['argmax']}, "
+                f"logsumexp {x['logsumexp']:.5g} vs {y['logsumexp']:.5g}")
+    else:
+        text = f"{ph} ({impl}): not compared"
+    return {"phase": ph, "impl": impl, "ok": True, "lossy": True, "text": text}
 
 
 def _compare_tokens(ph: str, impl: str, ref_impl: str, mine: dict[str, Any], ref: dict[str, Any],
@@ -430,6 +467,9 @@ def table_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
         if bsz == 1 and roof["tok_s"]:
             row("  % of bw roofline", f"{ph}.tok_s", "pct", True, None, 1 / roof["tok_s"],
                 abs_target=(ROOFLINE_TARGET, "≥85%") if not cuda else None)
+            for c in list(rows[-1]["cells"]):  # the roofline counts --dtype weights: not for other formats
+                if c in _workloads.LOSSY:
+                    del rows[-1]["cells"][c]
         if bsz == 1 and roof.get("nominal_tok_s"):
             row("  % of nominal HBM roofline", f"{ph}.tok_s", "pct", True, None, 1 / roof["nominal_tok_s"],
                 abs_target=(ROOFLINE_TARGET, "≥85%"))
@@ -445,6 +485,9 @@ def table_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     row("load peak RSS MB, at return", "load.peak_when_returned_mb", "mb", False, None)
     row("load peak RSS MB, weights read", "load.peak_over_import_mb", "mb", False, None)
     row("  ÷ weight bytes", "load.peak_over_import_mb", "x", False, None, 1 / weight_mb, abs_target=(1.15, "≤1.15"))
+    if any(i in _workloads.LOSSY for i in impls):
+        row("  ÷ (loaded model + 1 tensor)", "load.peak_vs_model_plus_tensor", "x", False, None)
+        row("model MB once loaded", "load.model_mb", "mb", False, None)
     if cuda:
         row("load peak GPU MB", "load.peak_gpu_mb", "mb", False, None)
     for ph in rep["phases"]:
@@ -456,7 +499,10 @@ def table_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def ratio_pairs(impls: list[str]) -> list[tuple[str, str]]:
-    return [(a, b) for a in impls if a.startswith("neox") for b in impls if b.startswith("transformers")]
+    if set(impls) <= CLASSIC:
+        return [(a, b) for a in impls if a.startswith("neox") for b in impls if b.startswith("transformers")]
+    pairs = [(a, "transformers") for a in impls if a.startswith("neox") and "transformers" in impls]
+    return pairs + [(a, b) for a in impls for b in PEERS.get(a, []) if b in impls]
 
 
 def render(reports: list[dict[str, Any]]) -> str:
@@ -467,7 +513,7 @@ def render(reports: list[dict[str, Any]]) -> str:
         impls += [i for i in r["impls"] if i not in impls]
     pairs = ratio_pairs(impls)
     header = (["preset"] if multi else []) + ["metric"] + [SHORT.get(i, i) for i in impls] + \
-        [f"{SHORT[a]}/{SHORT[b]}" for a, b in pairs] + ["target (neox vs tf)"]
+        [f"{SHORT.get(a, a)}/{SHORT.get(b, b)}" for a, b in pairs] + ["target (neox vs tf)"]
     lines: list[list[str]] = []
     notes: list[str] = []
     any_busy = False
@@ -582,6 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.build:
         info = _randckpt.write_random_checkpoint(args.ckpt, args.presets[0], args.dtype, args.device, args.seed)
         print(_workloads.RESULT_PREFIX + json.dumps(info), flush=True)
+        return 0
+    if args.build_gguf:
+        import _gguf
+
+        print(_workloads.RESULT_PREFIX + json.dumps({"path": _gguf.gguf_for(args.ckpt, args.build_gguf)}), flush=True)
         return 0
     if args.worker:
         return _workloads.worker_main(args)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, start to finish in a few minutes on one H200 (or any one large CUDA GPU):
-#   1. the CUDA tests (tests/test_cuda.py);
+#   1. the CUDA tests (tests/test_cuda.py, the quantised path included);
 #   2. the benchmark at the pythia-410m shape (fp16: decode batch 1 and 8, prefill, training);
 #   3. the benchmark at the gpt-neox-20b shape (fp16, random weights written on the GPU tensor by
 #      tensor: decode batch 1 and 8, prefill; no training, its AdamW state would not fit);
@@ -15,6 +15,7 @@
 #   BENCH_SKIP_TESTS=1     skip step 1;   BENCH_SKIP_20B=1   skip step 3
 #   BENCH_IMPLS_SMALL / BENCH_IMPLS_BIG   implementations per shape (defaults below)
 #   BENCH_NEW_TOKENS=128   tokens per decode run
+#   BENCH_QUANT=0          leave out the int8 / int4 modes (on by default: fp16, int8, int4 side by side)
 #   Dry run without a GPU (what CI on a CPU box can check):
 #   BENCH_DEVICE=cpu BENCH_PRESET_SMALL=tiny BENCH_PRESET_BIG=tiny BENCH_SKIP_TESTS=1 bash benchmarks/gpu.sh
 set -uo pipefail
@@ -78,6 +79,12 @@ if [ "$have_tf" = 1 ]; then
 else
     IMPLS_SMALL=${BENCH_IMPLS_SMALL:-neox}
     IMPLS_BIG=${BENCH_IMPLS_BIG:-neox}
+fi
+# Weight-only int8 / int4 (neox.quantization; tinygemm int4 and int8 weight-only matmuls), eager and
+# with the static decode step compiled (CUDA graphs). BENCH_QUANT=0 leaves them out.
+if [ "${BENCH_QUANT:-1}" = 1 ]; then
+    IMPLS_SMALL="$IMPLS_SMALL,neox-int8,neox-int4,neox-int8-compiled,neox-int4-compiled"
+    IMPLS_BIG="$IMPLS_BIG,neox-int8,neox-int4"
 fi
 if [ "$neox_static" = 1 ]; then
     case ",$IMPLS_SMALL," in *,neox-static,*) ;; *) IMPLS_SMALL="neox-static,$IMPLS_SMALL";; esac

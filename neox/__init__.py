@@ -32,6 +32,8 @@ _EXPORTS = {
     "GenerationConfig": "neox.generation",
     "TextStreamer": "neox.generation",
     "TextIteratorStreamer": "neox.generation",
+    "quantize": "neox.quantization",
+    "QuantizationConfig": "neox.quantization",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

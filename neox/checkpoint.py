@@ -277,9 +277,13 @@ def _is_int(value: Any) -> bool:
 
 
 def iter_checkpoint(
-    checkpoint: Checkpoint, dtype: torch.dtype | None = None, device: torch.device | None = None
+    checkpoint: Checkpoint, dtype: torch.dtype | None = None, device: torch.device | None = None,
+    copy: bool = False,
 ) -> Iterator[tuple[Path, str, torch.Tensor]]:
     """Yield (file, name, tensor) for every tensor, floating ones in ``dtype`` on ``device``.
+
+    ``copy=True`` reads each tensor into memory of its own instead of viewing the mapped file, so
+    a tensor the caller drops (quantised while loading) leaves nothing resident behind.
 
     ``dtype``/``device`` None keep the file's own. With an index, each tensor comes from the shard
     the index assigns it to; copies elsewhere are named in a warning and skipped unread.
@@ -290,7 +294,7 @@ def iter_checkpoint(
         if path.name.endswith(".safetensors"):
             header = read_safetensors_header(path)
             keys = _keys_to_read(checkpoint, path, list(header.tensors), assigned)
-            yield from ((path, k, t) for k, t in iter_safetensors(header, dtype, device, keys))
+            yield from ((path, k, t) for k, t in iter_safetensors(header, dtype, device, keys, copy))
         else:
             state = _load_torch_bin(path)
             keys = set(_keys_to_read(checkpoint, path, list(state), assigned))
@@ -334,14 +338,16 @@ def iter_safetensors(
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
     keys: list[str] | None = None,
+    copy: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of one validated safetensors file: memory-mapped views when no conversion is needed."""
+    """Tensors of one validated safetensors file: memory-mapped views when no conversion (and no
+    ``copy``) is needed, else plain reads into fresh memory."""
     device = torch.device("cpu") if device is None else device
     keys = list(header.tensors) if keys is None else keys
     same_dtype = dtype is None or all(
         e.dtype == dtype for e in header.tensors.values() if e.dtype.is_floating_point
     )
-    if device.type == "cpu" and same_dtype:
+    if device.type == "cpu" and same_dtype and not copy:
         yield from _iter_mapped(header.path, keys)
     else:
         yield from _iter_converted(header, keys, dtype, device)

@@ -37,6 +37,7 @@ from .parallel import (
     resolve_mesh, resolve_tp_plan,
 )
 from .placement import Placement, is_device_map, plan_placement
+from .quantization import prepare_for_loading, resolve_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
         tp_plan = "auto"
     if tp_plan is not None and device_arg is not None:
         raise ValueError("tp_plan puts each rank's shards on its own device (the mesh's): do not pass device_map")
+    quantization = kwargs.pop("quantization", None)  # neox: "int8" | "int4" | "bf16" (see neox.quantization)
+    quantization_config = kwargs.pop("quantization_config", None)
     for key in _NO_OP_ARGS & set(kwargs):
         kwargs.pop(key)
     adapter_kwargs = kwargs.pop("adapter_kwargs", None) or {}  # transformers' Auto classes always pass it
@@ -171,6 +174,10 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
 
     placed = is_device_map(device_arg)
     paths: dict[str, Path] = {}  # file name → file, for placement to memory-map disk weights
+    quant = resolve_quantization(quantization, quantization_config, config.extra.get("quantization_config"))
+    if quant is not None and (placed or tp_plan is not None):
+        raise ValueError("quantization cannot be combined with a multi-device device_map or tp_plan (yet): "
+                         "load on one device, or without quantization")
     if state_dict is None:
         checkpoint = find_checkpoint(name, options)
         files = checkpoint.files
@@ -184,7 +191,9 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
         weight_bytes = sum(f.stat().st_size for f in files)
 
         def read(device: torch.device) -> Iterator[tuple[str, str, torch.Tensor]]:
-            return ((path.name, key, t) for path, key, t in iter_checkpoint(checkpoint, dtype, device))
+            # copy: a weight quantised while loading must not stay resident as a view of the mapped file
+            tensors = iter_checkpoint(checkpoint, dtype, device, copy=quant is not None)
+            return ((path.name, key, t) for path, key, t in tensors)
 
         paths = {f.name: f for f in files}
     else:
@@ -212,6 +221,9 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
     if placed:  # a map over devices and disk (neox.placement); a map to one device reads straight onto it
         placement = plan_placement(model, device_arg, dtype=dtype, max_memory=max_memory, offload_folder=offload_folder)
         device = placement.single_device or device
+    # Quantising swaps the linears now; `take` then quantises each weight as it is read.
+    take = prepare_for_loading(model, quant) if quant is not None else None
+    taken: set[str] = set()
     expected = dict(model.state_dict(keep_vars=True))
     prefix = cls.base_model_prefix
     is_base = not hasattr(model, prefix)  # GPTNeoXModel has no `gpt_neox` child
@@ -229,6 +241,11 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
         target = _target_key(key, prefix, is_base, expected)
         if target is None:
             continue
+        if take is not None:
+            filled = take(target, tensor)
+            if filled:
+                taken.update(filled)
+                continue
         if target not in expected:
             unexpected.append(key)
             continue
@@ -244,7 +261,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
         loaded[target] = tensor if placement is None else placement.place(target, paths.get(source), key, tensor)
 
     tied = {"embed_out.weight"} if config.tie_word_embeddings and not is_base else set()
-    missing = [k for k in expected if k not in loaded and k not in tied and k not in {m[0] for m in mismatched}]
+    missing = [k for k in expected if k not in loaded and k not in tied and k not in taken
+               and k not in {m[0] for m in mismatched}]
     fresh = missing + [m[0] for m in mismatched]
     if mesh is not None and is_distributed({k: expected[k] for k in fresh}):
         raise ValueError(f"tensor-parallel loading: the checkpoint lacks the sharded weights {fresh}")

@@ -251,8 +251,8 @@ class GPTNeoXAttention(nn.Module):
     def local_heads(self) -> tuple[int, int]:
         """(first, count): the heads this process computes — all of them, or under tensor
         parallelism (a DTensor weight split by rows) the whole heads of this rank's row block."""
-        w = self.query_key_value.weight
-        if not hasattr(w, "to_local"):  # a plain tensor: every head
+        w = getattr(self.query_key_value, "weight", None)  # a quantised linear (neox.quantization) has none
+        if not hasattr(w, "to_local"):  # a plain tensor, or packed weights: every head
             return 0, self.num_heads
         rows = w.to_local().shape[0]
         count = rows // (3 * self.head_size)

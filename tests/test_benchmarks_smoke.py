@@ -109,3 +109,23 @@ def test_sharded_random_checkpoint_loads_in_both_libraries(tmp_path: Path) -> No
     ids = torch.tensor([[5, 17, 300, 2]])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_quantised_modes_run_and_are_compared_for_information(tmp_path: Path) -> None:
+    """neox-int8 / neox-int4 / neox-bf16 run in the harness; their tokens are reported, never a MISMATCH."""
+    out = tmp_path / "q.json"
+    cmd = [sys.executable, str(BENCH), "--preset", "tiny", "--reps", "1", "--impls",
+           "neox-int8,neox-int4,neox-bf16,transformers", "--phases", "decode-b1,train", "--group-phases", "all",
+           "--new-tokens", "3", "--prompt-len", "4", "--inner", "1", "--bw-mb", "8", "--no-margins",
+           "--train-batch", "1", "--train-seq", "4", "--train-steps", "1",
+           "--ckpt-dir", str(tmp_path / "ckpt"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(out.read_text())["presets"]["tiny"]
+    assert rep["errors"] == []
+    ran = {(s["impl"], ph) for s in rep["samples"] for ph in s["phases"]}
+    assert {("neox-int8", "decode-b1"), ("neox-int4", "decode-b1"), ("neox-bf16", "decode-b1")} <= ran
+    assert not any(impl != "transformers" and ph == "train" for impl, ph in ran)  # inference-only modes
+    lossy = [c for c in rep["checks"] if c.get("lossy")]
+    assert {c["impl"] for c in lossy} == {"neox-int8", "neox-int4", "neox-bf16"} and all(c["ok"] for c in lossy)
+    assert "n-int8/tf" in proc.stdout and "MISMATCH" not in proc.stdout

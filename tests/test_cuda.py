@@ -133,3 +133,57 @@ def test_static_cache_cuda_graphs(dtype):
         torch.manual_seed(0)
         static = model.generate(ids, cache_implementation="static", **kwargs)
         assert torch.equal(static, regular), (new, settings)
+
+
+# ------------------------------------------------------------------ weight-only quantisation on CUDA
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantised_kernels_on_cuda_match_the_dequantised_weights(save_neox_model, scheme, dtype):
+    """tinygemm int4 and the int8 weight-only matmul against the weights they dequantise to."""
+    from test_quantization import dequantized_reference, rel
+
+    folder, _ = save_neox_model(hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    q = GPTNeoXForCausalLM.from_pretrained(folder, quantization=scheme, device_map="cuda", dtype=dtype)
+    assert q.device.type == "cuda"
+    if scheme == "int4":
+        assert q.embed_out.layout == "cuda"
+    ids = ids_for(24).cuda()
+    with torch.no_grad():
+        got = q(ids).logits
+        want = dequantized_reference(q).to(torch.float32)(ids).logits
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    assert rel(got.float(), want) <= 0.03  # bf16 activations at each linear + the model's half precision
+
+
+def test_int4_quantised_on_cpu_then_moved_to_cuda_repacks(save_neox_model):
+    folder, _ = save_neox_model(hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    on_cpu = GPTNeoXForCausalLM.from_pretrained(folder, quantization="int4").to("cuda")
+    on_gpu = GPTNeoXForCausalLM.from_pretrained(folder, quantization="int4", device_map="cuda")
+    ids = ids_for(16).cuda()
+    with torch.no_grad():
+        a, b = on_cpu(ids).logits, on_gpu(ids).logits
+    assert on_cpu.embed_out.layout == "cuda"
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantised_static_compiled_decode_on_cuda(save_neox_model, scheme):
+    """generate(cache_implementation="static") compiles the step (CUDA graphs) around the quantised linears."""
+    folder, _ = save_neox_model(hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    q = GPTNeoXForCausalLM.from_pretrained(folder, quantization=scheme, device_map="cuda", dtype=torch.bfloat16)
+    ids = ids_for(8)[:1].cuda()
+    a = q.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    b = q.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0, cache_implementation="static")
+    assert torch.equal(a, b)
+
+
+def test_quantised_save_load_roundtrip_on_cuda(save_neox_model, tmp_path):
+    folder, _ = save_neox_model(hidden_size=128, intermediate_size=256, num_attention_heads=4)
+    q = GPTNeoXForCausalLM.from_pretrained(folder, quantization="int4", device_map="cuda")
+    q.save_pretrained(tmp_path / "q")
+    back = GPTNeoXForCausalLM.from_pretrained(tmp_path / "q", device_map="cuda")
+    ids = ids_for(16).cuda()
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, q(ids).logits)

@@ -174,7 +174,7 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
         return None
     options = _compile_options(cfg, device)
     capacity = -(-need // _STATIC_CAPACITY_STEP) * _STATIC_CAPACITY_STEP
-    dtype = model.embed_out.weight.dtype
+    dtype = model.get_input_embeddings().weight.dtype  # the activations' dtype (a quantised head has no .weight)
     if options is None:
         cache = KVCache.for_model(model, N, capacity, dtype, device)
         return StaticDecode(cache, _static_step, compiled=False, describe="eager")
@@ -230,7 +230,7 @@ def build_cache(model: Any, cfg: GenerationConfig, N: int, prompt_len: int, new_
         if static is not None:
             cache = static.cache
     if cache is None and use_cache:  # (a user's past is already the cache)
-        cache = KVCache.for_model(model, N, prompt_len + new_max - 1, model.embed_out.weight.dtype, device)
+        cache = KVCache.for_model(model, N, prompt_len + new_max - 1, model.get_input_embeddings().weight.dtype, device)
     return cache, static, past_len
 
 

@@ -351,7 +351,7 @@ def _check_memory(model: Any, cfg: GenerationConfig, prompt: _Prompt, N: int, ne
     cached = bool(cfg.use_cache) or prompt.embeds is not None or prompt.past is not None
     heads = getattr(model, "num_local_heads", config.num_attention_heads)  # a TP rank holds fewer
     cache_bytes = (2 * config.num_hidden_layers * N * heads * config.head_size
-                   * model.embed_out.weight.element_size()) if cached else 0
+                   * model.get_input_embeddings().weight.element_size()) if cached else 0
     per_position = cache_bytes + 3 * N * 8
     if per_position * (prompt.prompt_len + new_max) <= available:
         return
