@@ -22,6 +22,9 @@ RESULT_PREFIX = "BENCH_RESULT "
 # impl name -> (library, extra generate() kwargs)
 IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "neox": ("neox", {}),
+    # Another checkout of neox (the folder in $NEOX_BASE, e.g. a `git worktree` of an older commit),
+    # measured in the same run: the same-speed check of a refactor, interleaved like every impl.
+    "neox-base": ("neox", {}),
     "neox-static": ("neox", {"cache_implementation": "static"}),
     # The static step compiled on any device (a compile_config asks for it; on CUDA static alone does).
     "neox-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
@@ -620,6 +623,11 @@ def _numel(shape: Any) -> int:
 
 
 def worker_main(args: Any) -> int:
+    if args.worker == "neox-base":
+        base = os.environ.get("NEOX_BASE")
+        if not base or not os.path.isdir(os.path.join(base, "neox")):
+            raise SystemExit("neox-base: set NEOX_BASE to a folder holding another checkout's neox/ package")
+        sys.path.insert(0, base)  # before the first `import neox` of this worker
     result = run_worker(args)
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()

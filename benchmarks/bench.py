@@ -33,13 +33,13 @@ import _workloads  # noqa: E402
 
 DEFAULT_IMPLS = "neox,transformers,transformers-static"
 DEFAULT_PHASES = "decode-b1,decode-b8,prefill,train"
-SHORT = {"neox": "neox", "neox-static": "neox-st", "neox-compiled": "neox-c", "transformers": "tf",
+SHORT = {"neox": "neox", "neox-base": "neox-base", "neox-static": "neox-st", "neox-compiled": "neox-c", "transformers": "tf",
          "transformers-static": "tf-st", "neox-int8": "n-int8", "neox-int4": "n-int4", "neox-bf16": "n-bf16",
          "neox-int8-compiled": "n-int8-c", "neox-int4-compiled": "n-int4-c", "transformers-bf16": "tf-bf16",
          "transformers-torchao-int8": "tf-ao-int8", "llamacpp-f32": "lc-f32", "llamacpp-f16": "lc-f16",
          "llamacpp-q8_0": "lc-q8_0", "llamacpp-q4_0": "lc-q4_0"}
 # The original implementations: with only these, the table keeps its every-neox-by-every-tf ratios.
-CLASSIC = {"neox", "neox-static", "neox-compiled", "transformers", "transformers-static"}
+CLASSIC = {"neox", "neox-base", "neox-static", "neox-compiled", "transformers", "transformers-static"}
 # Beyond those, each neox mode is divided by transformers fp32 and by its peers of the same format.
 PEERS = {"neox": ["llamacpp-f32"], "neox-compiled": ["llamacpp-f32"], "neox-bf16": ["transformers-bf16", "llamacpp-f16"],
          "neox-int8": ["transformers-torchao-int8", "llamacpp-q8_0"], "neox-int8-compiled": ["llamacpp-q8_0"],

@@ -286,6 +286,16 @@ def _validate(cfg: GenerationConfig) -> None:
          f"`repetition_penalty` must be a positive, finite number, got {cfg.repetition_penalty!r}")
     need(_is_finite(cfg.length_penalty), f"`length_penalty` must be a finite number, got {cfg.length_penalty!r}")
 
+    # Types are checked whatever the decoding mode: a string or a list where a number belongs is a
+    # mistake in the call, never a setting that greedy decoding may ignore (ranges are checked
+    # below only when sampling, as transformers checks them).
+    need(isinstance(cfg.do_sample, bool), f"`do_sample` must be True or False, got {cfg.do_sample!r}")
+    for name in ("temperature", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff"):
+        value = getattr(cfg, name)
+        need(value is None or _is_number(value), f"`{name}` must be a number, got {value!r}")
+    need(cfg.top_k is None or (is_int(cfg.top_k) and cfg.top_k >= 0),
+         f"`top_k` must be a non-negative integer (0 disables it), got {cfg.top_k!r}")
+
     if cfg.num_return_sequences > 1:
         if cfg.num_beams == 1 and not cfg.do_sample:
             raise ValueError(
@@ -302,7 +312,6 @@ def _validate(cfg: GenerationConfig) -> None:
         need(_is_finite(t) and t > 0,
              f"`temperature` must be a positive, finite number when sampling, got {t!r}"
              + (" (for greedy decoding pass do_sample=False)" if _is_number(t) and t == 0 else ""))
-        need(is_int(cfg.top_k) and cfg.top_k >= 0, f"`top_k` must be a non-negative integer (0 disables it), got {cfg.top_k!r}")
         need(_is_number(cfg.top_p) and 0 < cfg.top_p <= 1, f"`top_p` must be in (0, 1], got {cfg.top_p!r}")
         if cfg.min_p is not None:
             need(_is_number(cfg.min_p) and 0 <= cfg.min_p <= 1, f"`min_p` must be in [0, 1], got {cfg.min_p!r}")

@@ -230,14 +230,16 @@ def _special_tokens(cfg: GenerationConfig, prompt: _Prompt, vocab: int) -> tuple
     """End-of-sequence ids as a list and the pad id (the first eos when unset); token-id settings
     checked against the vocabulary."""
     eos_list = token_list(cfg.eos_token_id, "eos_token_id")
-    if any(t < 0 for t in eos_list):
-        logger.warning("eos_token_id should hold non-negative ids, got %s: generation will not stop at it", eos_list)
+    if any(t < 0 for t in eos_list):  # transformers warns, then never stops at it
+        raise ValueError(f"`eos_token_id` must hold non-negative token ids, got {eos_list}")
     pad = cfg.pad_token_id
     if pad is not None and not is_int(pad):
         if isinstance(pad, torch.Tensor) and pad.numel() == 1:
             pad = int(pad)
         else:
             raise ValueError(f"pad_token_id must be an integer, got {pad!r}")
+    if pad is not None and pad < 0:  # it would be written into finished rows as a token id
+        raise ValueError(f"`pad_token_id` must be a non-negative token id, got {pad}")
     if pad is None and eos_list:
         if prompt.mask is None and prompt.batch_size > 1:
             logger.warning("The attention mask and the pad token id were not set, with a batched input. "

@@ -667,6 +667,11 @@ GENERATE_HARMLESS = {
 }
 
 
+#: Numbers out of range for a sampling-only setting are ignored (with a warning) when decoding
+#: greedily, as transformers ignores them: a correct result. Wrong types are errors in every mode.
+SAMPLING_ONLY = {"temperature", "top_p"}
+
+
 def case_generate(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str, str, Any]:
     import torch
 
@@ -698,7 +703,15 @@ def case_generate(rng: random.Random, fx: Fixtures, scratch: Path) -> tuple[str,
         if not bad:
             return ("raw" if outcome == "clean" else outcome), what, "valid arguments refused: " + detail
         return outcome, what, detail
-    if bad and (arg, repr(kwargs[arg])) not in GENERATE_HARMLESS:
+    ignored = arg in SAMPLING_ONLY and not kwargs.get("do_sample") and isinstance(kwargs[arg], (int, float))
+    # 99 samples per prompt is a legal request when sampling: correct if 99 rows per prompt come back
+    many = arg == "num_return_sequences" and kwargs.get("do_sample") and kwargs[arg] == 99
+    if many:
+        rows = (out if isinstance(out, torch.Tensor) else out.sequences).shape[0]
+        if rows != B * 99:
+            return "silent", what, f"num_return_sequences=99 gave {rows} rows for {B} prompts"
+        return "correct", what, ""
+    if bad and (arg, repr(kwargs[arg])) not in GENERATE_HARMLESS and not ignored:
         return "silent", what, f"accepted {arg}={_short(kwargs[arg])}"
     seqs = out if isinstance(out, torch.Tensor) else out.sequences
     if seqs.dim() != 2 or seqs.shape[1] < T or not torch.equal(seqs[: B, :T], ids) and seqs.shape[0] == B:
