@@ -49,6 +49,7 @@ from .validation import (
     check_logits_to_keep,
     check_past,
     check_position_ids,
+    is_tracing,
 )
 
 logger = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def _attention_mask(
             mask = attention_mask > torch.finfo(attention_mask.dtype).min / 2
         return mask.to(device), False
     keep = attention_mask.to(device=device, dtype=torch.bool)  # (B, S)
-    if past == 0 and not _tracing() and bool(keep.all()):
+    if past == 0 and not is_tracing() and bool(keep.all()):
         # All ones (a Trainer or tokenizer batch without padding): the plain causal fast path,
         # as transformers' sdpa_mask skips the mask then. Not while tracing (a host sync).
         return None, True
@@ -327,10 +328,6 @@ def _attention_mask(
     # keys before it (right padding) or none at all (left padding); a row with no key gives 0
     # under SDPA and the mean of all values under the eager path, as in transformers.
     return keep[:, None, None, :] & _causal(T, S, device)[None, None], False  # (B, 1, T, S)
-
-
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _static_mask(cache_position: torch.Tensor, capacity: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
