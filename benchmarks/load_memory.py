@@ -98,13 +98,18 @@ def child(library: str, folder: str, dtype_name: str) -> None:
                           weight_mb=weight_bytes / 2**20, seconds=seconds)))
 
 
-def measure(library: str, folder: Path, dtype_name: str) -> dict:
+def run_child(script: str, *args: str) -> dict:
+    """Run ``script --child ARGS`` in a fresh process (so its RSS is its own); its last line is JSON."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--child", library, str(folder), dtype_name],
+    out = subprocess.run([sys.executable, script, "--child", *args],
                          capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{library} load failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(library: str, folder: Path, dtype_name: str) -> dict:
+    return run_child(__file__, library, str(folder), dtype_name)
 
 
 def main() -> None:

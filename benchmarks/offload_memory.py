@@ -21,14 +21,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_memory import SHAPE as SHAPE_410M, write_checkpoint  # noqa: E402
+from load_memory import SHAPE as SHAPE_410M, run_child, write_checkpoint  # noqa: E402
 
 SHAPES = {
     "160m": dict(SHAPE_410M, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -84,12 +83,7 @@ def child(library: str, folder: str, device_map: str) -> None:
 
 
 def measure(library: str, folder: Path, device_map: str) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--child", library, str(folder), device_map],
-                         capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{library} {device_map} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, library, str(folder), device_map)
 
 
 def main() -> None:
