@@ -40,6 +40,27 @@ def _tokenizer() -> Path:
     raise RuntimeError(f"the GGUF converter needs a tokenizer: {TOKENIZER} is missing")
 
 
+#: Runs convert_hf_to_gguf.py with its config reader patched: it reads config.json through
+#: transformers' AutoConfig, and transformers 5 drops ``rotary_pct`` / ``rotary_emb_base`` (folded into
+#: ``rope_parameters``), which llama.cpp's GPT-NeoX converter still reads. The raw file's keys are put back.
+_SHIM = """
+import json, runpy, sys
+from pathlib import Path
+sys.argv = sys.argv[1:]
+from conversion import base
+_load = base.ModelBase.load_hparams
+def load_hparams(dir_model, *args, **kwargs):
+    hp = _load(dir_model, *args, **kwargs)
+    raw = json.loads((Path(dir_model) / "config.json").read_text())
+    for key in ("rotary_pct", "rotary_emb_base"):
+        if key in raw:
+            hp.setdefault(key, raw[key])
+    return hp
+base.ModelBase.load_hparams = staticmethod(load_hparams)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def gguf_for(ckpt: str | os.PathLike, kind: str) -> str:
     """The path of ``kind`` (f32, f16, q8_0, q4_0) GGUF of this checkpoint, made once."""
     if kind not in KINDS:
@@ -86,8 +107,8 @@ def _convert(ckpt: Path, out: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(src / "gguf-py"), str(src), env.get("PYTHONPATH", "")])
     tmp = out.with_suffix(".tmp")
-    proc = subprocess.run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(stage), "--outtype", "f32",
-                           "--outfile", str(tmp)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", _SHIM, str(src / "convert_hf_to_gguf.py"), str(stage), "--outtype",
+                           "f32", "--outfile", str(tmp)], capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not tmp.exists():
         raise RuntimeError("convert_hf_to_gguf.py failed:\n" + proc.stderr[-3000:])
     os.replace(tmp, out)

@@ -28,6 +28,9 @@ IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "neox-static": ("neox", {"cache_implementation": "static"}),
     # The static step compiled on any device (a compile_config asks for it; on CUDA static alone does).
     "neox-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
+    # The static step compiled with max-autotune: on CPU traced with frozen weights, so that inductor's
+    # C++ GEMM templates pack them (neox/generation/decoding.py, "Frozen weights").
+    "neox-autotune": ("neox", {"cache_implementation": "static", "compile_config": {"mode": "max-autotune"}}),
     "transformers": ("transformers", {}),
     "transformers-static": ("transformers", {"cache_implementation": "static"}),
     # Weight-only quantised and bf16 modes, and their peers (see LOAD_KWARGS).
@@ -36,6 +39,9 @@ IMPLS: dict[str, tuple[str, dict[str, Any]]] = {
     "neox-bf16": ("neox", {}),
     "neox-int8-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
     "neox-int4-compiled": ("neox", {"cache_implementation": "static", "compile_config": {}}),
+    "neox-int8-autotune": ("neox", {"cache_implementation": "static", "compile_config": {"mode": "max-autotune"}}),
+    "neox-int4-autotune": ("neox", {"cache_implementation": "static", "compile_config": {"mode": "max-autotune"}}),
+    "neox-bf16-autotune": ("neox", {"cache_implementation": "static", "compile_config": {"mode": "max-autotune"}}),
     "transformers-bf16": ("transformers", {}),
     # transformers' CPU route to int8 weight-only: TorchAoConfig(Int8WeightOnlyConfig()); needs torchao
     # importable (e.g. PYTHONPATH=/tmp/quant-site, see benchmarks/README.md).
@@ -54,6 +60,9 @@ LOAD_KWARGS: dict[str, dict[str, Any]] = {
     "neox-int8-compiled": {"quantization": "int8"},
     "neox-int4-compiled": {"quantization": "int4"},
     "neox-bf16": {"dtype": "bfloat16"},
+    "neox-int8-autotune": {"quantization": "int8"},
+    "neox-int4-autotune": {"quantization": "int4"},
+    "neox-bf16-autotune": {"dtype": "bfloat16"},
     "transformers-bf16": {"dtype": "bfloat16"},
     "transformers-torchao-int8": {"torchao": "int8"},
 }
@@ -253,9 +262,25 @@ def touch_weights(model: Any) -> None:
     if isinstance(model, LlamaCppModel):
         return
     with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in _plain_tensors(model):
             flat = t.detach().reshape(-1)
             flat[:: max(1, 4096 // t.element_size())].sum()
+
+
+def _plain_tensors(model: Any) -> list[Any]:
+    """Every parameter and buffer as plain tensors: a tensor subclass (torchao's quantised weights)
+    contributes the tensors it is made of (``__tensor_flatten__``)."""
+    out = []
+    todo = list(model.parameters()) + list(model.buffers())
+    while todo:
+        t = todo.pop()
+        flatten = getattr(type(t), "__tensor_flatten__", None)
+        if flatten is None:
+            out.append(t)
+        else:
+            names, _ = t.__tensor_flatten__()
+            todo += [getattr(t, n) for n in names]
+    return out
 
 
 def model_bytes(model: Any) -> int:
@@ -263,7 +288,7 @@ def model_bytes(model: Any) -> int:
     if isinstance(model, LlamaCppModel):
         return model.file_bytes
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in _plain_tensors(model):
         ptr = t.untyped_storage().data_ptr()
         if ptr not in seen:
             seen.add(ptr)

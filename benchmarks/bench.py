@@ -37,13 +37,16 @@ SHORT = {"neox": "neox", "neox-base": "neox-base", "neox-static": "neox-st", "ne
          "transformers-static": "tf-st", "neox-int8": "n-int8", "neox-int4": "n-int4", "neox-bf16": "n-bf16",
          "neox-int8-compiled": "n-int8-c", "neox-int4-compiled": "n-int4-c", "transformers-bf16": "tf-bf16",
          "transformers-torchao-int8": "tf-ao-int8", "llamacpp-f32": "lc-f32", "llamacpp-f16": "lc-f16",
-         "llamacpp-q8_0": "lc-q8_0", "llamacpp-q4_0": "lc-q4_0"}
+         "llamacpp-q8_0": "lc-q8_0", "llamacpp-q4_0": "lc-q4_0", "neox-autotune": "neox-at",
+         "neox-int8-autotune": "n-int8-at", "neox-int4-autotune": "n-int4-at", "neox-bf16-autotune": "n-bf16-at"}
 # The original implementations: with only these, the table keeps its every-neox-by-every-tf ratios.
 CLASSIC = {"neox", "neox-base", "neox-static", "neox-compiled", "transformers", "transformers-static"}
 # Beyond those, each neox mode is divided by transformers fp32 and by its peers of the same format.
 PEERS = {"neox": ["llamacpp-f32"], "neox-compiled": ["llamacpp-f32"], "neox-bf16": ["transformers-bf16", "llamacpp-f16"],
          "neox-int8": ["transformers-torchao-int8", "llamacpp-q8_0"], "neox-int8-compiled": ["llamacpp-q8_0"],
-         "neox-int4": ["llamacpp-q4_0"], "neox-int4-compiled": ["llamacpp-q4_0"]}
+         "neox-int4": ["llamacpp-q4_0"], "neox-int4-compiled": ["llamacpp-q4_0"],
+         "neox-autotune": ["llamacpp-f32"], "neox-int8-autotune": ["transformers-torchao-int8", "llamacpp-q8_0"],
+         "neox-int4-autotune": ["llamacpp-q4_0"], "neox-bf16-autotune": ["transformers-bf16", "llamacpp-f16"]}
 # Targets from the issue: neox ÷ transformers (default generate) at batch-1 decode, per preset.
 B1_RATIO_TARGET = {"pythia-70m": 1.8, "pythia-160m": 1.4}
 ROOFLINE_TARGET = 0.85

@@ -817,6 +817,35 @@ def test_static_cache_with_inductor(peaked):
     assert torch.equal(compiled, nx.generate(ids, **kwargs))
 
 
+def test_static_cache_max_autotune_frozen_weights(peaked, caplog):
+    """compile_config mode="max-autotune" on CPU traces the step with frozen weights (inductor's C++
+    GEMM templates pack them as constants): the same tokens and logits as eager decoding, and after
+    the weights change in place the step is recompiled — a frozen graph would keep the old ones."""
+    import copy
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("torch.compile's inductor backend needs a C++ compiler on CPU; none is on PATH")
+    hf, nx = peaked
+    model = copy.deepcopy(nx)  # its weights are changed below
+    ids = prompt(2, 5, seed=4)
+    kwargs = dict(max_new_tokens=6, eos_token_id=None, return_dict_in_generate=True, output_logits=True)
+    compiled = dict(cache_implementation="static", compile_config={"mode": "max-autotune"})
+    for round_ in range(2):
+        eager = model.generate(ids, **kwargs)
+        with caplog.at_level("WARNING", logger="neox.generation"):
+            fast = model.generate(ids, **compiled, **kwargs)
+        assert torch.equal(fast.sequences, eager.sequences), f"round {round_}"
+        for a, b in zip(fast.logits, eager.logits):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert ("weights changed" in caplog.text) == (round_ == 1)
+        with torch.no_grad():  # as load_state_dict or an optimiser step would: in place
+            for layer in model.gpt_neox.layers:
+                layer.mlp.dense_h_to_4h.weight.mul_(-1.5)
+            model.embed_out.weight.copy_(model.embed_out.weight.roll(1, dims=0))
+        assert not torch.equal(model.generate(ids, **kwargs).sequences, eager.sequences)  # the change matters
+
+
 def test_static_cache_falls_back_where_it_cannot_apply(peaked, caplog):
     hf, nx = peaked
     ids, mask, _ = left_padded()

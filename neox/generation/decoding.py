@@ -74,6 +74,18 @@ def decode_step(
 
 _STATIC_CAPACITY_STEP = 256
 
+# Frozen weights (CPU, max-autotune). The fastest batch-1 kernels torch has on CPU are inductor's
+# C++ GEMM templates (max_autotune with the CPP backend): they pack each weight once into a blocked
+# layout and split the matrix-vector product over the threads, where MKL's sgemv on a 768-wide
+# matrix runs at one core's bandwidth. They apply only to weights inductor may treat as constants,
+# i.e. when dynamo traces with torch._inductor.config.freezing set and grad disabled. So on CPU a
+# compile_config asking for max-autotune (or inductor's ``freezing``) traces the step with freezing
+# on. The price: the compiled step holds its own packed copy of the weights (about one more copy of
+# the model's linear weights in memory), and it must not outlive a change to them — _static_plan
+# keeps a signature of the weights (identity and in-place version) and recompiles when it changes.
+
+_MAX_AUTOTUNE_MODES = ("max-autotune", "max-autotune-no-cudagraphs")
+
 # model -> {"cache": KVCache, "steps": {compile options: compiled function}}; no state on the model.
 _STATIC_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
@@ -89,11 +101,12 @@ def _static_step(model: Any, input_ids: Any, attention_mask: Any, position_ids: 
 class StaticDecode:
     """The static-shape decode step of one generate() call (see above)."""
 
-    def __init__(self, cache: Any, step: Callable, compiled: bool, describe: str) -> None:
+    def __init__(self, cache: Any, step: Callable, compiled: bool, describe: str, frozen: bool = False) -> None:
         self.cache = cache
         self.step = step
         self.compiled = compiled
         self.describe = describe
+        self.frozen = frozen  # trace with inductor's freezing on (see "Frozen weights" above)
         self.mask = None  # (N, capacity) bool when the prompt is padded
         self.slots = torch.arange(cache.capacity, device=cache.keys[0].device)  # cache positions as tensors
         self.cudagraphs = compiled and cache.keys[0].device.type == "cuda"
@@ -108,7 +121,15 @@ class StaticDecode:
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            logits = self.step(model, ids, self.mask, pos, self.cache, self.slots[length : length + 1])
+            if self.frozen:
+                import torch._inductor.config as inductor_config
+
+                # Read by dynamo while it traces (the first call, or a retrace): the weights become
+                # graph constants that the GEMM templates can pack.
+                with inductor_config.patch(freezing=True):
+                    logits = self.step(model, ids, self.mask, pos, self.cache, self.slots[length : length + 1])
+            else:
+                logits = self.step(model, ids, self.mask, pos, self.cache, self.slots[length : length + 1])
         except Exception as e:
             if not self.compiled or self._ran:
                 raise
@@ -156,6 +177,28 @@ def _compile_options(cfg: GenerationConfig, device: Any) -> dict[str, Any] | Non
     return options
 
 
+def _freezes(options: dict[str, Any], device: Any) -> bool:
+    """Whether the step is traced with frozen weights: on CPU, when max-autotune is asked for (its
+    C++ GEMM templates need constant weights) or inductor's ``freezing`` option is given."""
+    if device.type != "cpu" or options.get("backend") != "inductor":
+        return False
+    extra = options.get("options") or {}
+    return options.get("mode") in _MAX_AUTOTUNE_MODES or bool(extra.get("max_autotune")) or bool(extra.get("freezing"))
+
+
+def _weights_signature(model: Any) -> tuple[Any, ...]:
+    """Identity and in-place version of every parameter and buffer: it changes when a weight is
+    replaced (``.to()``, assignment) or written in place (``load_state_dict``, an optimiser step)."""
+    sig = []
+    for t in (*model.parameters(), *model.buffers()):
+        try:
+            version = t._version
+        except RuntimeError:  # an inference tensor has no version counter; it cannot be written in place either
+            version = None
+        sig.append((id(t), version))
+    return tuple(sig)
+
+
 def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: Any, past: Any,
                  use_cache: bool) -> StaticDecode | None:
     """The static decode step for this call, or None (with a warning) where it cannot apply."""
@@ -191,13 +234,26 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
         for t in (*cache.keys, *cache.values):
             t.zero_()
         cache.length = 0
+    frozen = _freezes(options, device)
+    if frozen:
+        signature = _weights_signature(model)
+        if state.get("frozen_weights") not in (None, signature):
+            # The frozen graphs hold the old weights as constants, and dynamo's guards check the
+            # weights' identity, not their contents: drop every graph of the step function (other
+            # models' too; they retrace on their next call) and compile again.
+            logger.warning("the model's weights changed since its decode step was compiled with frozen weights: "
+                           "recompiling it")
+            torch._dynamo.reset_code(_static_step.__code__)
+            state["steps"] = {}
+        state["frozen_weights"] = signature
     key = json.dumps(options, sort_keys=True, default=repr)  # a backend may be a callable
     step = state["steps"].get(key)
     if step is None:
         step = torch.compile(_static_step, **options)
         state["steps"][key] = step
-    describe = f"torch.compile backend={options['backend']!r} mode={options['mode']!r} on {device.type}"
-    return StaticDecode(cache, step, compiled=True, describe=describe)
+    describe = (f"torch.compile backend={options['backend']!r} mode={options['mode']!r} on {device.type}"
+                + (" with frozen weights" if frozen else ""))
+    return StaticDecode(cache, step, compiled=True, describe=describe, frozen=frozen)
 
 
 def build_cache(model: Any, cfg: GenerationConfig, N: int, prompt_len: int, new_max: int, past: Any,
