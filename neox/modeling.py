@@ -19,6 +19,9 @@ LayerNorms both read the same x: there are two, with separate weights, not one s
 
 The output head ``embed_out`` is untied from ``embed_in`` in every EleutherAI checkpoint
 (``tie_word_embeddings=False``), and has no bias.
+
+Every matrix product is a ``kernels.Linear``: an ``nn.Linear`` that, on CPU without autograd,
+computes 2–16 rows (a batched decode step) as W·xᵀ, which MKL runs 2–3× faster than x·Wᵀ.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch import nn
 from .cache import CacheProtocolAdapter, KVCache, is_cache_protocol
 from .config import GPTNeoXConfig
 from .generation import GenerationConfig, generate
+from .kernels import Linear
 from .loading import load_pretrained, resolve_dtype, save_pretrained
 from .outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from .validation import (
@@ -83,8 +87,8 @@ ACT_FNS = {
 class GPTNeoXMLP(nn.Module):
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense_h_to_4h = Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = Linear(config.intermediate_size, config.hidden_size)
         self.act = ACT_FNS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,8 +220,8 @@ class GPTNeoXAttention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads  # all heads; this process may compute fewer (local_heads)
         self.head_size = config.head_size
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.dense = Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
 
     def forward(
         self,
@@ -563,7 +567,7 @@ class GPTNeoXPreTrainedModel(nn.Module):
             self.set_input_embeddings(new)
             out = self.get_output_embeddings()
             if out is not None and not self.config.tie_word_embeddings and out.out_features != n:
-                head = nn.Linear(out.in_features, n, bias=out.bias is not None, device=out.weight.device,
+                head = Linear(out.in_features, n, bias=out.bias is not None, device=out.weight.device,
                                  dtype=out.weight.dtype)
                 self._fill_resized(out.weight, head, mean_resizing)
                 if out.bias is not None:
@@ -928,7 +932,7 @@ class GPTNeoXForCausalLM(GPTNeoXPreTrainedModel):
     def __init__(self, config: GPTNeoXConfig) -> None:
         super().__init__(config)
         self.gpt_neox = GPTNeoXModel(config)
-        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_out = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.generation_config = None
         # GPTNeoXModel initialised itself; only the head is new here.
         if not self.embed_out.weight.is_meta:

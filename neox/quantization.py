@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import Linear
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["QuantizationConfig", "QuantizedLinear", "Int8Linear", "Int4Linear", "BF16Linear", "quantize",
@@ -588,7 +590,7 @@ def _plan(model: nn.Module, config: QuantizationConfig) -> list[tuple[str, nn.Li
     heads = _head_names(model)
     chosen = []
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear:
+        if type(module) not in (nn.Linear, Linear):  # not a subclass someone else made (a PEFT layer)
             continue
         if any(name == s or name.startswith(s + ".") or name.endswith("." + s) for s in config.modules_to_not_convert):
             continue

@@ -21,6 +21,7 @@ from torch import nn
 
 import neox
 from neox import GPTNeoXForCausalLM
+from neox.kernels import Linear
 from neox.quantization import (
     BF16Linear,
     Int4Linear,
@@ -140,10 +141,10 @@ def test_saving_an_unquantised_model_is_unchanged(save_neox_model, tmp_path):
 
 def test_head_is_optional_and_embeddings_are_never_quantised():
     q = quantized(tiny_model(), "int8", None, include_head=False)
-    assert type(q.embed_out) is nn.Linear and type(q.gpt_neox.embed_in) is nn.Embedding
+    assert type(q.embed_out) is Linear and type(q.gpt_neox.embed_in) is nn.Embedding
     assert isinstance(q.gpt_neox.layers[0].mlp.dense_h_to_4h, Int8Linear)
     q = quantized(tiny_model(), "int4", 32, modules_to_not_convert=["dense_4h_to_h"])
-    assert type(q.gpt_neox.layers[1].mlp.dense_4h_to_h) is nn.Linear
+    assert type(q.gpt_neox.layers[1].mlp.dense_4h_to_h) is Linear
     assert isinstance(q.embed_out, Int4Linear)
 
 
@@ -161,7 +162,7 @@ def test_tied_head_stays_tied():
     model = tiny_model(tie_word_embeddings=True)
     model.tie_weights()
     q = quantized(model, "int8", None)
-    assert type(q.embed_out) is nn.Linear and q.embed_out.weight is q.gpt_neox.embed_in.weight
+    assert type(q.embed_out) is Linear and q.embed_out.weight is q.gpt_neox.embed_in.weight
 
 
 @pytest.mark.parametrize("scheme,group", SCHEMES)
@@ -265,7 +266,7 @@ def test_bad_options_raise_clear_errors(save_neox_model, tmp_path):
 def test_unfit_shapes_are_left_unquantised_with_a_log(caplog):
     model = tiny_model(hidden_size=48, num_attention_heads=3, intermediate_size=96)  # 48 is not a multiple of 32
     q = quantized(model, "int4", 32)
-    assert type(q.gpt_neox.layers[0].attention.query_key_value) is nn.Linear
+    assert type(q.gpt_neox.layers[0].attention.query_key_value) is Linear
     assert isinstance(q.gpt_neox.layers[0].mlp.dense_4h_to_h, Int4Linear)  # in_features 96
     assert "left unquantised" in caplog.text
 
