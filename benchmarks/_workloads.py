@@ -321,6 +321,7 @@ class LlamaCppModel:
 
     def generate(self, ids: Any, attention_mask: Any = None, max_new_tokens: int = 1, min_new_tokens: int = 0,
                  do_sample: bool = False, pad_token_id: int | None = None) -> Any:
+        import llama_cpp
         import numpy as np
         import torch
 
@@ -332,8 +333,13 @@ class LlamaCppModel:
         prompt = ids[0].tolist()
         llm.eval(prompt)
         out: list[int] = []
+        n_vocab = llm.n_vocab()
         for i in range(max_new_tokens):
-            logits = np.array(llm.scores[llm.n_tokens - 1], copy=True)  # (V,) of the last position
+            # (V,) of the last position. llama-cpp-python ≥ 0.3 no longer copies logits into
+            # ``llm.scores`` unless logits_all=True (which would compute every prompt position's):
+            # read the context's last row instead.
+            last = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            logits = np.ctypeslib.as_array(last, shape=(n_vocab,)).copy()
             if i < min_new_tokens and eos is not None:
                 logits[eos] = -np.inf
             tok = int(logits.argmax())
