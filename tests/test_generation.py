@@ -822,7 +822,9 @@ def test_static_cache_max_autotune_frozen_weights(peaked, caplog):
     GEMM templates pack them as constants): the same tokens and logits as eager decoding, and after
     the weights change in place the step is recompiled — a frozen graph would keep the old ones."""
     import copy
+    import gc
     import shutil
+    import weakref
 
     if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         pytest.skip("torch.compile's inductor backend needs a C++ compiler on CPU; none is on PATH")
@@ -844,6 +846,11 @@ def test_static_cache_max_autotune_frozen_weights(peaked, caplog):
                 layer.mlp.dense_h_to_4h.weight.mul_(-1.5)
             model.embed_out.weight.copy_(model.embed_out.weight.roll(1, dims=0))
         assert not torch.equal(model.generate(ids, **kwargs).sequences, eager.sequences)  # the change matters
+    # The compiled graphs (and their packed copy of the weights) go with the model.
+    gone = weakref.ref(model)
+    del model, fast, eager
+    gc.collect()
+    assert gone() is None, "the frozen decode step keeps the model alive"
 
 
 def test_static_cache_falls_back_where_it_cannot_apply(peaked, caplog):

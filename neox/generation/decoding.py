@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -235,21 +236,29 @@ def _static_plan(model: Any, cfg: GenerationConfig, N: int, need: int, device: A
             t.zero_()
         cache.length = 0
     frozen = _freezes(options, device)
+    function = _static_step
     if frozen:
+        # A frozen graph holds the weights as constants (a packed copy), and dynamo keeps the graphs
+        # of a code object as long as the code object lives. So each model gets its own copy of the
+        # step's code: its graphs live and die with this model's state, and dropping them when the
+        # weights change (dynamo's guards check the weights' identity, not their contents) touches
+        # no other model's.
+        function = state.get("frozen_function")
+        if function is None:
+            function = types.FunctionType(_static_step.__code__.replace(), _static_step.__globals__,
+                                          _static_step.__name__, _static_step.__defaults__)
+            state["frozen_function"] = function
         signature = _weights_signature(model)
         if state.get("frozen_weights") not in (None, signature):
-            # The frozen graphs hold the old weights as constants, and dynamo's guards check the
-            # weights' identity, not their contents: drop every graph of the step function (other
-            # models' too; they retrace on their next call) and compile again.
             logger.warning("the model's weights changed since its decode step was compiled with frozen weights: "
                            "recompiling it")
-            torch._dynamo.reset_code(_static_step.__code__)
+            torch._dynamo.reset_code(function.__code__)
             state["steps"] = {}
         state["frozen_weights"] = signature
     key = json.dumps(options, sort_keys=True, default=repr)  # a backend may be a callable
     step = state["steps"].get(key)
     if step is None:
-        step = torch.compile(_static_step, **options)
+        step = torch.compile(function, **options)
         state["steps"][key] = step
     describe = (f"torch.compile backend={options['backend']!r} mode={options['mode']!r} on {device.type}"
                 + (" with frozen weights" if frozen else ""))
