@@ -245,6 +245,8 @@ def load_pretrained(cls: type, pretrained_model_name_or_path: str | os.PathLike 
             filled = take(target, tensor)
             if filled:
                 taken.update(filled)
+                del tensor  # before the next read: one full-precision tensor alive at a time
+                _return_freed_memory()
                 continue
         if target not in expected:
             unexpected.append(key)
@@ -340,6 +342,29 @@ def _config_fields() -> set[str]:
 
 def _hub_kwargs(options: HubOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in HubOptions.__slots__}
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Quantising while loading frees one full-precision tensor per weight. Tensors under glibc's
+    (adaptive, up to 32 MB) mmap threshold live on the heap, where the small quantised tensors
+    allocated between them keep the freed pages resident: the load's peak RSS then varied from
+    0.84x to 1.5x of (quantised model + one fp32 tensor) between identical runs of pythia-160m int8.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | None:
