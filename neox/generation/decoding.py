@@ -194,8 +194,8 @@ def _weights_signature(model: Any) -> tuple[Any, ...]:
     for t in (*model.parameters(), *model.buffers()):
         try:
             version = t._version
-        except RuntimeError:  # an inference tensor has no version counter; it cannot be written in place either
-            version = None
+        except RuntimeError:  # an inference tensor (loaded under inference_mode) has no version counter:
+            version = None  # an in-place write to it, possible only inside inference_mode, goes unseen
         sig.append((id(t), version))
     return tuple(sig)
 
