@@ -20,8 +20,8 @@ LayerNorms both read the same x: there are two, with separate weights, not one s
 The output head ``embed_out`` is untied from ``embed_in`` in every EleutherAI checkpoint
 (``tie_word_embeddings=False``), and has no bias.
 
-Every matrix product is a ``kernels.Linear``: an ``nn.Linear`` that, on CPU without autograd,
-computes 2–16 rows (a batched decode step) as W·xᵀ, which MKL runs 2–3× faster than x·Wᵀ.
+Every matrix product is a ``kernels.Linear``: an ``nn.Linear`` that, on CPU in fp32 without
+autograd, computes 2–16 rows (a batched decode step) as W·xᵀ, which MKL runs 2–3× faster than x·Wᵀ.
 """
 
 from __future__ import annotations
