@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -352,19 +352,19 @@ def _return_freed_memory() -> None:
     allocated between them keep the freed pages resident: the load's peak RSS then varied from
     0.84x to 1.5x of (quantised model + one fp32 tensor) between identical runs of pythia-160m int8.
     """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-_MALLOC_TRIM: Any = None
+@cache
+def _malloc_trim() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _target_key(key: str, prefix: str, is_base: bool, expected: dict) -> str | None:

@@ -48,31 +48,7 @@ from __future__ import annotations
 
 from tokenizers import AddedToken
 
-from .batch_encoding import BatchEncoding, _is_empty, _tensor_kind, _to_py
-from .files import (
-    _COMPATIBLE_CLASSES,
-    _PADDING,
-    _SIDES,
-    _TRUNCATION,
-    ADDED_TOKENS_FILE,
-    LARGE_INTEGER,
-    MERGES_FILE,
-    SPECIAL_TOKENS_ATTRIBUTES,
-    SPECIAL_TOKENS_MAP_FILE,
-    TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE,
-    VERY_LARGE_INTEGER,
-    VOCAB_FILE,
-    PreTokenizedInput,
-    TextInput,
-    TokenToAdd,
-    _as_added_token,
-    _build_bpe,
-    _deserialized,
-    _read_json,
-    _read_tokenizer_json,
-    _serializable,
-)
-from .tokenizer import GPTNeoXTokenizerFast, _check_text, _SpecialToken, _SpecialTokenId
+from .batch_encoding import BatchEncoding
+from .tokenizer import GPTNeoXTokenizerFast
 
 __all__ = ["GPTNeoXTokenizerFast", "BatchEncoding", "AddedToken"]
