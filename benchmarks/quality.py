@@ -7,7 +7,10 @@
 Parts:
   shipped   held-out loss (nats/token) of the shipped model (neox/default_model) on its held-out
             split — the files scripts/train_default_model.py holds out, windows of its seq_len —
-            in fp32 and in each scheme.
+            in fp32 and in each scheme; twice: in full windows (prefill: CPU quantised linears
+            dequantise and run the GEMM, so only the weights' rounding shows) and one token at a
+            time through the KV cache, as generation runs them (every linear sees --batch rows:
+            the decode kernels, with their activation rounding; the "decode" column).
   random    random-weight checkpoints of the pythia-160m and pythia-410m shapes (benchmarks/_randckpt.py):
             the logits' max error relative to their scale, top-1 agreement with fp32 over every
             position of 4 × 128 random tokens, and greedy agreement over 64 new tokens (batch 1,
@@ -84,8 +87,26 @@ def shipped(schemes: list[str], batch: int, max_windows: int) -> dict[str, Any]:
         model = GPTNeoXForCausalLM.from_pretrained(folder, **kwargs)
         t = time.perf_counter()
         out["loss"][name] = script.evaluate(model, rows, batch)
-        log(f"[shipped] {name:<22} held-out loss {out['loss'][name]:.4f} ({time.perf_counter() - t:.0f} s)")
+        out.setdefault("decode_loss", {})[name] = decode_loss(model, rows, batch)
+        log(f"[shipped] {name:<22} held-out loss {out['loss'][name]:.4f}, one token at a time "
+            f"{out['decode_loss'][name]:.4f} ({time.perf_counter() - t:.0f} s)")
     return out
+
+
+def decode_loss(model: Any, rows: torch.Tensor, batch: int) -> float:
+    """Mean next-token cross-entropy of windows ``rows`` (N, T), fed one position at a time through
+    the KV cache: the path generate() takes, with (batch, 1) inputs at every linear."""
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for i in range(0, rows.shape[0], batch):
+            b = rows[i : i + batch]
+            past = None
+            for t in range(b.shape[1] - 1):
+                out = model(b[:, t : t + 1], past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                total += torch.nn.functional.cross_entropy(out.logits[:, -1].float(), b[:, t + 1], reduction="sum")
+                count += b.shape[0]
+    return float(total) / count
 
 
 def random_shape(preset: str, schemes: list[str], ckpt_dir: Path, new_tokens: int, prompts: int) -> dict[str, Any]:
@@ -135,9 +156,13 @@ def render(res: dict[str, Any]) -> str:
         s = res["shipped"]
         ref = s["loss"].get("fp32")
         lines.append(f"Shipped model (neox/default_model), held-out loss over {s['windows']} of {s.get('windows_total', s['windows'])} windows of {s['seq_len']} tokens:")
-        lines.append(f"  {'scheme':<22} {'nats/token':>10} {'vs fp32':>9}")
+        dec = s.get("decode_loss", {})
+        dref = dec.get("fp32")
+        lines.append(f"  {'scheme':<22} {'nats/token':>10} {'vs fp32':>9} {'decode':>10} {'vs fp32':>9}")
         for name, loss in s["loss"].items():
-            lines.append(f"  {name:<22} {loss:>10.4f} {'' if ref is None else f'{loss - ref:+.4f}':>9}")
+            d = dec.get(name)
+            lines.append(f"  {name:<22} {loss:>10.4f} {'' if ref is None else f'{loss - ref:+.4f}':>9}"
+                         + ("" if d is None else f" {d:>10.4f} {'' if dref is None else f'{d - dref:+.4f}':>9}"))
     for preset in ("pythia-160m", "pythia-410m"):
         r = res.get(preset)
         if not r:

@@ -7,14 +7,20 @@ call torch's own weight-only kernels:
 =========  ==========================================  =============================================
 scheme     CPU                                         CUDA
 =========  ==========================================  =============================================
-int8       ``aten._weight_int8pack_mm`` (bf16 × int8)  ``F.linear(x, q.to(x.dtype)) * scales`` (fused
-                                                       into one kernel when the decode step is compiled)
-int4       ``aten._weight_int4pack_mm_for_cpu``        ``aten._weight_int4pack_mm`` (tinygemm)
+int8       ``neox.native`` (int8 × int8, ≤ 16 rows),   ``F.linear(x, q.to(x.dtype)) * scales`` (fused
+           else ``aten._weight_int8pack_mm`` (bf16)    into one kernel when the decode step is compiled)
+int4       ``neox.native`` (int4 × int8, ≤ 16 rows),   ``aten._weight_int4pack_mm`` (tinygemm)
+           else ``aten._weight_int4pack_mm_for_cpu``
 bf16       ``F.linear`` in bf16                        ``F.linear`` in bf16
 =========  ==========================================  =============================================
 
 Activations are cast to bf16 at the linear's boundary and back to the model's dtype after it, so
-LayerNorm, softmax and the residual stream stay in fp32 on an fp32 model. Embeddings are never
+LayerNorm, softmax and the residual stream stay in fp32 on an fp32 model. The native CPU kernels
+(``neox/native``, built at first use where a C compiler and AVX2 are found) instead quantise each
+block of 32 activations to int8 and multiply with integer dot products, as llama.cpp does: 2× the
+speed of torch's kernels at batch 1 on this project's CPU, with an activation rounding error of
+~0.5% of the output (torch's bf16 cast: ~0.23%) — measured in benchmarks/README.md. Above 16 rows
+(prefill) the CPU linears dequantise the weight and run the ordinary GEMM in the activations' dtype. Embeddings are never
 quantised; the output head is by option (``include_head``). Where a kernel is missing, the module
 dequantises its weight on every call instead, after one warning naming the reason.
 
@@ -45,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import Linear
+from .native import ops as native
+from .validation import is_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,9 @@ QUANT_METHOD = "neox"
 #: kernel, ahead of fp32 at batch 1-8, level near 32 rows, 1.6x behind at 512 (one 3072x768 matrix,
 #: 1 thread, measured interleaved on the shared machine: see benchmarks/README.md).
 INT8_KERNEL_MAX_ROWS = 64
+#: Up to this many rows the CPU linears use the native kernels (where built): measured ahead of
+#: torch's int8/int4 kernels at every batch size from 1 to 16 (benchmarks/README.md).
+NATIVE_MAX_ROWS = 16
 #: Rows quantised at once, so that the temporaries stay small next to the weight itself.
 _ROW_CHUNK = 4096
 
@@ -199,6 +210,14 @@ def resolve_quantization(quantization: Any, quantization_config: Any, saved: Any
 
 def _has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
+
+
+def _native_ready() -> bool:
+    """Whether neox's native CPU kernels run here. Resolved (built) eagerly on first use; under a
+    tracer only an already-resolved answer is read, so a compiled step never starts a build."""
+    if native.AVAILABLE is None and not is_tracing():
+        native.available()
+    return native.AVAILABLE is True
 
 
 _warned: set[str] = set()
@@ -386,6 +405,11 @@ class Int8Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
+        if (x.device.type == "cpu" and x2.shape[0] <= NATIVE_MAX_ROWS and self.in_features % 32 == 0
+                and _native_ready()):
+            y = native.int8_linear(x2, self.qweight, self.scales, tracing=is_tracing())
+            if y is not None:
+                return self._finish(y, x)
         if x.device.type == "cpu" and x2.shape[0] > INT8_KERNEL_MAX_ROWS:
             y = F.linear(x2, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
         elif x.device.type == "cpu" and _has_op("_weight_int8pack_mm"):
@@ -405,7 +429,9 @@ class Int8Linear(QuantizedLinear):
 
 class Int4Linear(QuantizedLinear):
     """Group-wise asymmetric int4. ``qweight`` holds the layout of ``self.layout``:
-    "plain" (the portable nibbles, (N, K/2) uint8), "cpu" or "cuda" (that device's packed layout)."""
+    "plain" (the portable nibbles, (N, K/2) uint8), "cpu" or "cuda" (torch's packed layout for that
+    device's kernel). On CPU with the native kernels the portable layout is the kernel's own: the
+    weight is used as saved, with no repacking and no second layout."""
 
     scheme = "int4"
 
@@ -455,13 +481,23 @@ class Int4Linear(QuantizedLinear):
         """Store (N, K) values in the packed layout of their device (portable where none exists)."""
         self._pack_from(lambda i, j: values[i:j], values.device)
 
+    def _native(self) -> bool:
+        return native.int4_supported(self.in_features, self.group_size) and _native_ready()
+
+    def _target_layout(self, device: torch.device) -> str:
+        """The layout this device's fastest available kernel reads."""
+        kind = device.type
+        if kind == "cpu" and self._native():
+            return "plain"
+        op = {"cpu": "_convert_weight_to_int4pack_for_cpu", "cuda": "_convert_weight_to_int4pack"}.get(kind)
+        return kind if op is not None and _has_op(op) else "plain"
+
     def _pack_from(self, values: Callable[[int, int], torch.Tensor], device: torch.device) -> None:
         """Pack the values of rows [i, j), asked for block by block where the layout allows it, so
         that the peak stays near the packed size (packing takes an int32 copy of its input)."""
         kind, N = device.type, self.out_features
-        op = {"cpu": "_convert_weight_to_int4pack_for_cpu", "cuda": "_convert_weight_to_int4pack"}.get(kind)
-        packable = op is not None and _has_op(op)
-        step = _PACK_ROWS if packable and _rows_pack_separately(device, self.inner_k_tiles) else N
+        packable = self._target_layout(device) != "plain"
+        step = _PACK_ROWS if not packable or _rows_pack_separately(device, self.inner_k_tiles) else N
         parts = []
         for i in range(0, N, step):
             v = values(i, min(N, i + step))
@@ -510,18 +546,29 @@ class Int4Linear(QuantizedLinear):
             _assign(self, name, tensor)
 
     def _ensure_layout(self, device: torch.device) -> None:
-        """A model moved with .to() after quantising: repack for the new device, once."""
-        if self.layout in ("plain", device.type):
+        """A model moved with .to() after quantising: repack for the new device's kernel, once."""
+        target = self._target_layout(device)
+        if self.layout == target:
             return
-        logger.info("neox int4: repacking a %s-packed weight for %s", self.layout, device.type)
-        held = self.qweight
-        self.qweight = held.to(self.layout)
+        logger.info("neox int4: repacking a %s-layout weight for %s (%s)", self.layout, device.type, target)
+        if self.layout != "plain":  # torch's packed layouts unpack on their own device
+            self.qweight = self.qweight.to(self.layout)
         values = self._values().to(device)
         self._set_values(values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layout != x.device.type:
+        kind = x.device.type
+        native_here = kind == "cpu" and self.layout == "plain" and self._native()
+        if self.layout != kind and not native_here:
             self._ensure_layout(x.device)
+        if native_here:
+            x2 = x.reshape(-1, self.in_features)
+            y = None
+            if x2.shape[0] <= NATIVE_MAX_ROWS:
+                y = native.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, tracing=is_tracing())
+            if y is None:  # prefill: dequantise once for the call, the ordinary GEMM in x's dtype
+                y = F.linear(x2, self.dequantize().to(x.dtype))
+            return self._finish(y, x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.layout == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_and_zeros)

@@ -189,3 +189,21 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
         return cache_dir
 
     return build
+
+
+@pytest.fixture
+def native_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """neox's native CPU kernels switched off for one test: every caller runs torch's kernels."""
+    from neox.native import ops
+
+    monkeypatch.setattr(ops, "_functions", {})
+    monkeypatch.setattr(ops, "AVAILABLE", False)
+
+
+@pytest.fixture
+def native_on() -> None:
+    """The native CPU kernels, built (skips where this machine cannot build or run them)."""
+    from neox import native
+
+    if not native.available():
+        pytest.skip("neox's native CPU kernels are not available here (no C compiler or no AVX2+FMA; see the log)")

@@ -4,7 +4,9 @@ reference, loading while quantising, save → load identity, generate, and the e
 Tolerances: each quantised linear casts its input and its output to bf16 (8 significant bits,
 relative rounding ≤ 2⁻⁹ each), so against a model that holds the *dequantised* weights in fp32 the
 logits differ by a few bf16 roundings of their scale — bounded here by 2% of the largest logit
-over two layers. Against the original fp32 weights, each weight moves by at most half a
+over two layers. The native CPU kernels round each block of 32 activations to int8 instead (half a
+step of max|x|/127 per input, ≤ 2⁻⁸ of the block's largest): the same bound holds (their exact
+per-output bound is checked in test_native.py). Against the original fp32 weights, each weight moves by at most half a
 quantisation step (checked exactly, per row or per group).
 """
 
@@ -67,10 +69,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-@pytest.mark.parametrize("rows", [16, 96])  # int8 on CPU: the matrix-vector kernel, then dequantise + GEMM
-@pytest.mark.parametrize("scheme,group", SCHEMES)
-def test_kernels_match_the_dequantised_weights(scheme, group, rows):
-    model = tiny_model()
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+@pytest.mark.parametrize("rows", [16, 96])  # CPU: the matrix-vector kernels, then dequantise + GEMM
+@pytest.mark.parametrize("scheme,group", SCHEMES + [("int4", 64)])
+def test_kernels_match_the_dequantised_weights(scheme, group, rows, native, request):
+    request.getfixturevalue("native_on" if native else "native_off")
+    model = tiny_model(hidden_size=64, intermediate_size=128) if group == 64 else tiny_model()
     q = quantized(model, scheme, group)
     assert len(quantized_modules(q)) == 2 * 4 + 1  # four linears per layer and the head
     ids = torch.randint(0, 128, (2, rows // 2), generator=torch.Generator().manual_seed(rows))
@@ -197,7 +201,7 @@ def test_bf16_model_decodes_on_cpu_close_to_fp32():
     assert out.shape == (1, IDS.shape[1] + 8)
 
 
-def test_missing_kernel_falls_back_with_a_warning(monkeypatch):
+def test_missing_kernel_falls_back_with_a_warning(monkeypatch, native_off):
     import neox.quantization as qz
 
     q = quantized(tiny_model(), "int8", None)

@@ -1,0 +1,157 @@
+"""torch-facing calls into the native kernels, and their custom ops for torch.compile / export.
+
+Each function takes 2-D activations ``x`` (M, K) and returns fp32 ``y`` (M, N), or None when the
+kernels cannot take this call (not built here, a shape they do not cover): the caller then runs
+torch's kernel. What the C code would otherwise trust — dtypes, contiguity, shapes, the CPU — is
+checked here, so a wrong call is a None or a ValueError, never a read past a buffer.
+
+In eager mode the C function is called directly through ctypes (a few µs; the dispatcher would add
+more than the kernel takes for a small matrix). Under a tracer the quantised linears call the
+custom ops ``torch.ops.neox.int8_linear`` / ``int4_linear`` instead, which dynamo and export see
+as one opaque op with a shape function (``register_fake``), so a compiled decode step keeps them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import torch
+
+from . import build
+
+__all__ = ["available", "f32_linear", "int8_linear", "int4_linear", "int4_supported"]
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_SIGNATURES = {
+    "neox_f32_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
+    "neox_q8_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
+    "neox_q4_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr],
+}
+_functions: dict[str, Any] | None = None
+#: Set by the first :func:`available` / kernel call; read under tracers (a plain bool dynamo can guard on).
+AVAILABLE: bool | None = None
+
+
+def _fns() -> dict[str, Any]:
+    global _functions, AVAILABLE
+    if _functions is None:
+        lib = build.library()
+        fns: dict[str, Any] = {}
+        if lib is not None:
+            for name, argtypes in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name != "neox_f32_linear" else None)
+                fns[name] = fn
+        _functions, AVAILABLE = fns, bool(fns)
+    return _functions
+
+
+def available() -> bool:
+    """Whether the native kernels run here (builds them on the first call; see build.py)."""
+    return bool(_fns())
+
+
+def _plain_cpu(*tensors: torch.Tensor) -> bool:
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.is_contiguous()
+               for t in tensors)
+
+
+def f32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` for fp32 (M, K) x and (N, K) weight, reading the weight once."""
+    fn = _fns().get("neox_f32_linear")
+    if fn is None or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2:
+        return None
+    M, K = x.shape
+    N = weight.shape[0]
+    if M == 0 or K == 0 or weight.shape != (N, K) or not _plain_cpu(x, weight):
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (N,) or not _plain_cpu(bias)):
+        return None
+    y = torch.empty(M, N, dtype=torch.float32)
+    fn(x.data_ptr(), M, K, weight.data_ptr(), bias.data_ptr() if bias is not None else None, N, y.data_ptr())
+    return y
+
+
+def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    fn = _fns().get("neox_q8_linear")
+    if fn is None or x.dim() != 2 or qweight.dtype != torch.int8 or scales.dtype != torch.bfloat16:
+        return None
+    M, K = x.shape
+    N = qweight.shape[0]
+    if M == 0 or K == 0 or K % 32 or qweight.shape != (N, K) or scales.shape != (N,):
+        return None
+    x = x.to(torch.float32).contiguous()
+    if not _plain_cpu(x, qweight, scales):
+        return None
+    y = torch.empty(M, N, dtype=torch.float32)
+    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales.data_ptr(), N, y.data_ptr()) != 0:
+        return None
+    return y
+
+
+def int4_supported(in_features: int, group_size: int) -> bool:
+    """Whether the int4 kernel covers this shape: whole 64-input blocks, groups of whole blocks."""
+    return in_features > 0 and in_features % 64 == 0 and group_size % 64 == 0 and in_features % group_size == 0
+
+
+def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    fn = _fns().get("neox_q4_linear")
+    if fn is None or x.dim() != 2 or qweight.dtype != torch.uint8 or scales_and_zeros.dtype != torch.bfloat16:
+        return None
+    M, K = x.shape
+    N = qweight.shape[0]
+    if (M == 0 or not int4_supported(K, group_size) or qweight.shape != (N, K // 2)
+            or scales_and_zeros.shape != (K // group_size, N, 2)):
+        return None
+    x = x.to(torch.float32).contiguous()
+    if not _plain_cpu(x, qweight, scales_and_zeros):
+        return None
+    y = torch.empty(M, N, dtype=torch.float32)
+    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales_and_zeros.data_ptr(), N, group_size, y.data_ptr()) != 0:
+        return None
+    return y
+
+
+# The custom ops: what a tracer records. Their bodies are the eager functions; the callers only
+# take this route once available() said yes, so a None here would be a bug, reported as such.
+@torch.library.custom_op("neox::int8_linear", mutates_args=())
+def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    y = _int8(x, qweight, scales)
+    if y is None:
+        raise RuntimeError(f"neox::int8_linear cannot take x {x.dtype} {tuple(x.shape)}, qweight "
+                           f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
+    return y
+
+
+@_int8_op.register_fake
+def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("neox::int4_linear", mutates_args=())
+def _int4_op(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    y = _int4(x, qweight, scales_and_zeros, group_size)
+    if y is None:
+        raise RuntimeError(f"neox::int4_linear cannot take x {x.dtype} {tuple(x.shape)}, qweight "
+                           f"{qweight.dtype} {tuple(qweight.shape)}, group_size {group_size}")
+    return y
+
+
+@_int4_op.register_fake
+def _(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
+
+
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tracing: bool = False) -> torch.Tensor | None:
+    """``x · (qweight · scales)ᵀ`` in fp32 for int8 (N, K) weights and bf16 (N,) scales, K % 32 == 0."""
+    return torch.ops.neox.int8_linear(x, qweight, scales) if tracing else _int8(x, qweight, scales)
+
+
+def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+                tracing: bool = False) -> torch.Tensor | None:
+    """``x · Wᵀ`` in fp32 for int4 weights in the portable layout (see gemv.c) and bf16 (K/g, N, 2)
+    scales and zeros; needs :func:`int4_supported`."""
+    if tracing:
+        return torch.ops.neox.int4_linear(x, qweight, scales_and_zeros, group_size)
+    return _int4(x, qweight, scales_and_zeros, group_size)

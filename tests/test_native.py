@@ -1,0 +1,224 @@
+"""neox.native: the CPU matrix-vector kernels against exact references, and their build.
+
+The fp32 kernel sums the products of F.linear in another order: within fp32 rounding of the
+partial sums (1e-6 of Σ|w·x|) of it. The int8/int4
+kernels multiply the dequantised weight by int8-rounded activations: each block of 32 inputs is
+rounded to a multiple of d = max|x_block| / 127, so each input moves by at most d/2 and each
+output by at most Σ_k |w_k| · d_block(k) / 2 — checked per output, plus fp32 rounding slack.
+Every result must also be the same bits for a row alone and in a batch (the kernels read each
+weight row once for all rows, but each row's sums never mix with another's).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neox import native
+from neox.native import build, ops
+from neox.quantization import Int4Linear, Int8Linear, QuantizationConfig, _int4_quantize, _int8_quantize, _nibbles
+
+pytestmark = pytest.mark.usefixtures("native_on")
+
+
+def activation_bound(x: torch.Tensor, w: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
+    """(M, N): the most int8 rounding of 32-input blocks of x can move x · wᵀ (see the docstring).
+    ``order`` permutes inputs before blocking (the int4 kernel blocks in its nibble order)."""
+    xs = x if order is None else x[:, order]
+    ws = w if order is None else w[:, order]
+    M, K = xs.shape
+    d = xs.abs().view(M, K // 32, 32).amax(-1) / 127  # (M, K/32)
+    per_input = (d / 2).repeat_interleave(32, dim=1)  # (M, K)
+    return per_input @ ws.abs().t()
+
+
+def nibble_order(K: int) -> torch.Tensor:
+    """Each 64 inputs, odd then even: the order of the low then high nibbles of 32 bytes."""
+    base = torch.arange(0, K, 64)[:, None]
+    return torch.cat([base + torch.arange(1, 64, 2), base + torch.arange(0, 64, 2)], dim=1).reshape(-1)
+
+
+SHAPES = [(1, 64), (7, 64), (50, 128), (96, 768), (130, 3072)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N,K", SHAPES + [(33, 40), (5, 1)])
+def test_f32_matches_f_linear_and_is_batch_invariant(N, K, bias):
+    torch.manual_seed(N * K)
+    w, b = torch.randn(N, K), (torch.randn(N) if bias else None)
+    x = torch.randn(9, K)
+    y = ops.f32_linear(x, w, b)
+    # Another summation order: fp32 rounding of the partial sums, a small multiple of 2⁻²⁴ Σ|w·x|.
+    scale = x.abs() @ w.abs().t() + (b.abs() if bias else 0)
+    assert ((y - F.linear(x, w, b)).abs() <= 1e-6 * scale + 1e-7).all()
+    for m in (0, 4, 8):
+        assert torch.equal(ops.f32_linear(x[m : m + 1].contiguous(), w, b), y[m : m + 1])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 16])
+@pytest.mark.parametrize("N,K", SHAPES + [(5, 32), (11, 96)])
+def test_int8_within_the_activation_rounding_bound(N, K, rows):
+    torch.manual_seed(N + K + rows)
+    w = torch.randn(N, K) * torch.logspace(-2, 0, N)[:, None]
+    q, s = _int8_quantize(w)
+    deq = q.float() * s.float()[:, None]
+    x = torch.randn(rows, K) * torch.logspace(-1, 1, K)  # blocks on different scales
+    if K > 32:
+        x[0, :32] = 0  # an all-zero block (scale 0)
+    y = ops.int8_linear(x, q, s)
+    want = F.linear(x, deq)
+    slack = 1e-5 * (x.abs() @ deq.abs().t()) + 1e-6
+    assert ((y - want).abs() <= activation_bound(x, deq) + slack).all()
+    assert (y - want).abs().max() > 0  # the activations really are rounded (the bound is the spec)
+    for m in range(rows):
+        assert torch.equal(ops.int8_linear(x[m : m + 1].contiguous(), q, s), y[m : m + 1])
+
+
+@pytest.mark.parametrize("group", [64, 128, 256])
+@pytest.mark.parametrize("rows", [1, 2, 3, 16])
+@pytest.mark.parametrize("N,K", [(16, 256), (48, 768), (130, 3072)])
+def test_int4_within_the_activation_rounding_bound(N, K, rows, group):
+    torch.manual_seed(N + K + rows + group)
+    w = torch.randn(N, K) * 0.05
+    values, sz = _int4_quantize(w, group)  # (N, K) in [0, 15], (K/g, N, 2)
+    s, z = sz.float().transpose(0, 1).unbind(-1)  # (N, K/g)
+    deq = ((values.float().view(N, K // group, group) - 8) * s[..., None] + z[..., None]).view(N, K)
+    x = torch.randn(rows, K) * torch.logspace(-1, 1, K)
+    y = ops.int4_linear(x, _nibbles(values), sz, group)
+    want = F.linear(x, deq)
+    slack = 1e-5 * (x.abs() @ deq.abs().t()) + 1e-6
+    assert ((y - want).abs() <= activation_bound(x, deq, nibble_order(K)) + slack).all()
+    for m in range(rows):
+        assert torch.equal(ops.int4_linear(x[m : m + 1].contiguous(), _nibbles(values), sz, group), y[m : m + 1])
+
+
+def test_calls_the_kernels_cannot_take_return_none():
+    """Wrong dtypes, shapes, layouts or devices never reach the C code: the caller falls back."""
+    x, w = torch.randn(2, 64), torch.randn(8, 64)
+    q, s = _int8_quantize(w)
+    values, sz = _int4_quantize(w, 64)
+    p = _nibbles(values)
+    assert ops.f32_linear(x.double(), w, None) is None
+    assert ops.f32_linear(x, w[:, :32], None) is None
+    assert ops.f32_linear(x, w.t().contiguous().t(), None) is None  # non-contiguous weight
+    assert ops.f32_linear(x, w, torch.randn(7)) is None
+    assert ops.f32_linear(torch.randn(2, 3, 64), w, None) is None
+    assert ops.int8_linear(x, q, s.float()) is None
+    assert ops.int8_linear(x[:, :48].contiguous(), q[:, :48].contiguous(), s) is None  # K % 32
+    assert ops.int8_linear(x, q[:, :32], s) is None
+    assert ops.int4_linear(x, p, sz, 32) is None  # group not a whole number of 64-input blocks
+    assert ops.int4_linear(x, p[:4], sz, 64) is None
+    assert ops.int4_linear(x, p.view(torch.int8), sz, 64) is None
+    assert ops.int4_linear(torch.randn(0, 64), p, sz, 64) is None
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantised_linears_compile_to_the_custom_ops(scheme):
+    """fullgraph torch.compile records neox::int8_linear / int4_linear and gives eager's numbers."""
+    torch.manual_seed(0)
+    cfg = QuantizationConfig(scheme, group_size=64 if scheme == "int4" else None)
+    lin = (Int8Linear if scheme == "int8" else Int4Linear)(128, 48, bias=True, config=cfg)
+    lin.quantize_(torch.randn(48, 128) * 0.1)
+    with torch.no_grad():
+        lin.bias.copy_(torch.randn(48))
+    if scheme == "int4":
+        assert lin.layout == "plain"  # the native kernel reads the portable layout as is
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        eager = lin(x)
+        compiled = torch.compile(lin, fullgraph=True, backend="aot_eager")(x)
+    assert torch.equal(compiled, eager)
+    gm = torch.fx.symbolic_trace  # noqa: F841 — the op must also be visible to export:
+    ep = torch.export.export(lin, (x,))
+    assert f"neox.{scheme}_linear" in str(ep.graph)
+    torch.testing.assert_close(ep.module()(x), eager, rtol=0, atol=0)
+
+
+def test_int4_layout_follows_the_kernel_and_saves_portably(native_off):
+    """Without the native kernels int4 packs for torch's; with them it keeps the portable layout;
+    the state dict is the portable layout either way."""
+    torch.manual_seed(2)
+    w = torch.randn(32, 128) * 0.1
+    cfg = QuantizationConfig("int4", group_size=64)
+    torch_side = Int4Linear(128, 32, bias=False, config=cfg)
+    torch_side.quantize_(w)
+    assert torch_side.layout == "cpu"
+    ops.AVAILABLE, ops._functions = None, None  # back on (monkeypatch restores the test's state after)
+    native_side = Int4Linear(128, 32, bias=False, config=cfg)
+    native_side.quantize_(w)
+    assert native_side.layout == "plain"
+    assert torch.equal(native_side.state_dict()["qweight"], torch_side.state_dict()["qweight"])
+    # Loading that state dict into a module on this machine gives the native layout, same numbers.
+    again = Int4Linear(128, 32, bias=False, config=cfg)
+    again.load_state_dict(torch_side.state_dict())
+    assert again.layout == "plain" and torch.equal(again.qweight, native_side.qweight)
+
+
+def test_the_build_is_cached_and_keyed(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEOX_NATIVE_CACHE", str(tmp_path))
+    build.reset()
+    try:
+        lib = build.library()
+        assert lib is not None and lib.neox_simd() == 1
+        built = list(tmp_path.glob("gemv-*.so"))
+        assert len(built) == 1 and not list(tmp_path.glob(".gemv-*"))  # no temporary left behind
+        stamp = built[0].stat().st_mtime_ns
+        build.reset()
+        assert build.library() is not None
+        assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    finally:
+        monkeypatch.undo()
+        build.reset()
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_without_a_compiler_it_says_why_and_uses_torch(tmp_path):
+    code = """
+        import logging, torch
+        logging.basicConfig(level=logging.WARNING)
+        import neox
+        from neox import native
+        from neox.quantization import Int4Linear, QuantizationConfig
+        assert not native.available()
+        lin = Int4Linear(128, 32, bias=False, config=QuantizationConfig("int4", group_size=64))
+        lin.quantize_(torch.randn(32, 128))
+        assert lin.layout == "cpu", lin.layout  # torch's packed layout and kernel
+        with torch.no_grad():
+            print("shape", tuple(lin(torch.randn(2, 128)).shape))
+    """
+    done = _run(code, NEOX_NATIVE_CC=str(tmp_path / "no-such-cc"), NEOX_NATIVE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    assert "shape (2, 32)" in done.stdout
+    assert "native CPU kernels unavailable" in done.stderr and "no-such-cc" in done.stderr
+
+
+def test_a_failed_compile_is_reported_with_the_compiler_output(tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\necho 'error: no luck' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    code = """
+        import logging
+        logging.basicConfig(level=logging.WARNING)
+        from neox import native
+        print("available", native.available())
+    """
+    done = _run(code, NEOX_NATIVE_CC=str(fake), NEOX_NATIVE_CACHE=str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    assert "available False" in done.stdout
+    assert "exit 3" in done.stderr and "error: no luck" in done.stderr
+    assert not list((tmp_path / "cache").glob("*"))  # the failed output was removed
+
+
+def test_neox_native_0_switches_them_off():
+    done = _run("from neox import native; print('available', native.available())", NEOX_NATIVE="0")
+    assert done.returncode == 0 and "available False" in done.stdout
