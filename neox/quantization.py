@@ -7,9 +7,9 @@ call torch's own weight-only kernels:
 =========  ==========================================  =============================================
 scheme     CPU                                         CUDA
 =========  ==========================================  =============================================
-int8       ``neox.native`` (int8 × int8, ≤ 16 rows),   ``F.linear(x, q.to(x.dtype)) * scales`` (fused
+int8       ``neox.native`` (int8 × int8, ≤ 64 rows),   ``F.linear(x, q.to(x.dtype)) * scales`` (fused
            else ``aten._weight_int8pack_mm`` (bf16)    into one kernel when the decode step is compiled)
-int4       ``neox.native`` (int4 × int8, ≤ 16 rows),   ``aten._weight_int4pack_mm`` (tinygemm)
+int4       ``neox.native`` (int4 × int8, ≤ 64 rows),   ``aten._weight_int4pack_mm`` (tinygemm)
            else ``aten._weight_int4pack_mm_for_cpu``
 bf16       ``F.linear`` in bf16                        ``F.linear`` in bf16
 =========  ==========================================  =============================================
@@ -19,10 +19,10 @@ LayerNorm, softmax and the residual stream stay in fp32 on an fp32 model. The na
 (``neox/native``, built at first use where a C compiler and AVX2 are found) instead quantise each
 block of 32 activations to int8 and multiply with integer dot products, as llama.cpp does: 2× the
 speed of torch's kernels at batch 1 on this project's CPU, with an activation rounding error of
-~0.5% of the output (torch's bf16 cast: ~0.23%) — measured in benchmarks/README.md. Above 16 rows
-(prefill) the CPU linears dequantise the weight and run the ordinary GEMM in the activations' dtype. Embeddings are never
-quantised; the output head is by option (``include_head``). Where a kernel is missing, the module
-dequantises its weight on every call instead, after one warning naming the reason.
+~0.5% of the output (torch's bf16 cast: ~0.23%) — measured in benchmarks/README.md. Above 64 rows
+(prefill) the CPU linears dequantise the weight and run the ordinary GEMM in the activations' dtype. Embeddings are never quantised; the output head is by option
+(``include_head``). Where a kernel is missing, the module dequantises its weight on every call
+instead, after one warning naming the reason.
 
 Quantisation conventions (those of torch's int4 "tinygemm" kernel and gpt-fast):
 
@@ -70,9 +70,11 @@ QUANT_METHOD = "neox"
 #: kernel, ahead of fp32 at batch 1-8, level near 32 rows, 1.6x behind at 512 (one 3072x768 matrix,
 #: 1 thread, measured interleaved on the shared machine: see benchmarks/README.md).
 INT8_KERNEL_MAX_ROWS = 64
-#: Up to this many rows the CPU linears use the native kernels (where built): measured ahead of
-#: torch's int8/int4 kernels at every batch size from 1 to 16 (benchmarks/README.md).
-NATIVE_MAX_ROWS = 16
+#: Up to this many rows the CPU linears use the native kernels (where built): one 3072×768 matrix,
+#: 2 threads, ms at 16 / 32 / 64 / 128 rows — int8: native 1.0 / 2.2 / 3.8 / 7.7, torch's
+#: _weight_int8pack_mm 1.3 / 2.8 / 5.4 / 10.6, dequantise + fp32 GEMM 4.7 / 4.3 / 7.5 / 9.1; int4:
+#: native 0.9 / 1.9 / 3.7 / 8.3, native dequantise + GEMM 2.7 / 3.8 / 4.7 / 7.0.
+NATIVE_MAX_ROWS = 64
 #: Rows quantised at once, so that the temporaries stay small next to the weight itself.
 _ROW_CHUNK = 4096
 
@@ -218,6 +220,11 @@ def _native_ready() -> bool:
     if native.AVAILABLE is None and not is_tracing():
         native.available()
     return native.AVAILABLE is True
+
+
+def _wants_grad(x: torch.Tensor) -> bool:
+    """The native kernels have no backward: an input that needs a gradient takes a torch path."""
+    return x.requires_grad and torch.is_grad_enabled()
 
 
 _warned: set[str] = set()
@@ -406,7 +413,7 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if (x.device.type == "cpu" and x2.shape[0] <= NATIVE_MAX_ROWS and self.in_features % 32 == 0
-                and _native_ready()):
+                and not _wants_grad(x) and _native_ready()):
             y = native.int8_linear(x2, self.qweight, self.scales, tracing=is_tracing())
             if y is not None:
                 return self._finish(y, x)
@@ -564,10 +571,12 @@ class Int4Linear(QuantizedLinear):
         if native_here:
             x2 = x.reshape(-1, self.in_features)
             y = None
-            if x2.shape[0] <= NATIVE_MAX_ROWS:
+            if x2.shape[0] <= NATIVE_MAX_ROWS and not _wants_grad(x):
                 y = native.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, tracing=is_tracing())
-            if y is None:  # prefill: dequantise once for the call, the ordinary GEMM in x's dtype
-                y = F.linear(x2, self.dequantize().to(x.dtype))
+            if y is None:  # prefill (or a gradient): dequantise for the call, the ordinary GEMM in x's dtype
+                w = None if is_tracing() else native.int4_dequantize(self.qweight, self.scales_and_zeros,
+                                                                     self.group_size)
+                y = F.linear(x2, (self.dequantize() if w is None else w).to(x.dtype))
             return self._finish(y, x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.layout == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):

@@ -134,8 +134,7 @@ def test_quantised_linears_compile_to_the_custom_ops(scheme):
         eager = lin(x)
         compiled = torch.compile(lin, fullgraph=True, backend="aot_eager")(x)
     assert torch.equal(compiled, eager)
-    gm = torch.fx.symbolic_trace  # noqa: F841 — the op must also be visible to export:
-    ep = torch.export.export(lin, (x,))
+    ep = torch.export.export(lin, (x,))  # and export records the op, not the C call
     assert f"neox.{scheme}_linear" in str(ep.graph)
     torch.testing.assert_close(ep.module()(x), eager, rtol=0, atol=0)
 
@@ -222,3 +221,31 @@ def test_a_failed_compile_is_reported_with_the_compiler_output(tmp_path):
 def test_neox_native_0_switches_them_off():
     done = _run("from neox import native; print('available', native.available())", NEOX_NATIVE="0")
     assert done.returncode == 0 and "available False" in done.stdout
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_an_input_that_needs_a_gradient_never_takes_the_kernel(scheme):
+    """The kernels have no backward: with a gradient asked for, the layer takes a differentiable
+    torch path (int4: the dequantised GEMM) or fails loudly — it never returns a cut graph."""
+    torch.manual_seed(3)
+    cfg = QuantizationConfig(scheme, group_size=64 if scheme == "int4" else None)
+    lin = (Int8Linear if scheme == "int8" else Int4Linear)(128, 16, bias=False, config=cfg)
+    lin.quantize_(torch.randn(16, 128) * 0.1)
+    x = torch.randn(2, 128, requires_grad=True)
+    y = lin(x)
+    assert y.requires_grad
+    if scheme == "int8":  # torch's int8 kernel has no derivative: an error, not a silent cut
+        with pytest.raises(RuntimeError, match="derivative"):
+            y.sum().backward()
+        return
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, lin.dequantize().sum(0).expand(2, -1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [64, 128])
+def test_int4_dequantize_is_the_modules_weight(group):
+    torch.manual_seed(group)
+    lin = Int4Linear(256, 48, bias=False, config=QuantizationConfig("int4", group_size=group))
+    lin.quantize_(torch.randn(48, 256) * 0.1)
+    assert torch.equal(ops.int4_dequantize(lin.qweight, lin.scales_and_zeros, group), lin.dequantize())
+    assert ops.int4_dequantize(lin.qweight, lin.scales_and_zeros.float(), group) is None

@@ -230,6 +230,24 @@ void neox_q4_linear_(const int8_t* xq, const float* xd, const float* xs, int64_t
 }
 #endif
 
+/* int4 (portable layout) → fp32 (N, K), for prefill's GEMM: one pass, no temporaries. */
+void neox_q4_dequantize(const uint8_t* P, const uint16_t* SZ, int64_t N, int64_t K, int64_t gs, float* W) {
+  const int64_t G = K / gs;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {
+    const uint8_t* p = P + n * (K / 2);
+    float* w = W + n * K;
+    for (int64_t g = 0; g < G; g++) {
+      const uint16_t* sz = SZ + (g * N + n) * 2;
+      float scale = bf16_to_f32(sz[0]), base = bf16_to_f32(sz[1]) - 8 * scale;
+      for (int64_t i = g * gs / 2; i < (g + 1) * gs / 2; i++) {
+        w[2 * i] = (float)(p[i] >> 4) * scale + base;
+        w[2 * i + 1] = (float)(p[i] & 15) * scale + base;
+      }
+    }
+  }
+}
+
 /* Entry points: quantise x into scratch memory, then run the kernel. Return 0, or −1 when out of memory
  * or built without AVX2 (the caller then uses torch's kernels). */
 int neox_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* Q, const uint16_t* S, int64_t N, float* y) {

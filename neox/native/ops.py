@@ -5,10 +5,11 @@ kernels cannot take this call (not built here, a shape they do not cover): the c
 torch's kernel. What the C code would otherwise trust — dtypes, contiguity, shapes, the CPU — is
 checked here, so a wrong call is a None or a ValueError, never a read past a buffer.
 
-In eager mode the C function is called directly through ctypes (a few µs; the dispatcher would add
-more than the kernel takes for a small matrix). Under a tracer the quantised linears call the
-custom ops ``torch.ops.neox.int8_linear`` / ``int4_linear`` instead, which dynamo and export see
-as one opaque op with a shape function (``register_fake``), so a compiled decode step keeps them.
+In eager mode the C function is called directly through ctypes (~10 µs with the checks). Under a
+tracer the quantised linears call the ops ``torch.ops.neox.int8_linear`` / ``int4_linear``
+instead, which dynamo and export see as one opaque op with a shape function (``register_fake``),
+so a compiled decode step keeps them. The kernels have no backward: callers use them only where
+no gradient is asked for.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import torch
 
 from . import build
 
-__all__ = ["available", "f32_linear", "int8_linear", "int4_linear", "int4_supported"]
+__all__ = ["available", "f32_linear", "int8_linear", "int4_linear", "int4_supported", "int4_dequantize"]
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
     "neox_f32_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
     "neox_q8_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
     "neox_q4_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr],
+    "neox_q4_dequantize": [_ptr, _ptr, _i64, _i64, _i64, _ptr],
 }
 _functions: dict[str, Any] | None = None
 #: Set by the first :func:`available` / kernel call; read under tracers (a plain bool dynamo can guard on).
@@ -41,7 +43,7 @@ def _fns() -> dict[str, Any]:
         if lib is not None:
             for name, argtypes in _SIGNATURES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name != "neox_f32_linear" else None)
+                fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name.endswith("_linear") and "f32" not in name else None)
                 fns[name] = fn
         _functions, AVAILABLE = fns, bool(fns)
     return _functions
@@ -113,9 +115,29 @@ def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor
     return y
 
 
-# The custom ops: what a tracer records. Their bodies are the eager functions; the callers only
-# take this route once available() said yes, so a None here would be a bug, reported as such.
-@torch.library.custom_op("neox::int8_linear", mutates_args=())
+def int4_dequantize(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """The fp32 (N, K) weight of a portable-layout int4 weight, in one pass (prefill's GEMM)."""
+    fn = _fns().get("neox_q4_dequantize")
+    if fn is None or qweight.dtype != torch.uint8 or scales_and_zeros.dtype != torch.bfloat16 or qweight.dim() != 2:
+        return None
+    N, K = qweight.shape[0], qweight.shape[1] * 2
+    if (not int4_supported(K, group_size) or scales_and_zeros.shape != (K // group_size, N, 2)
+            or not _plain_cpu(qweight, scales_and_zeros)):
+        return None
+    w = torch.empty(N, K, dtype=torch.float32)
+    fn(qweight.data_ptr(), scales_and_zeros.data_ptr(), N, K, group_size, w.data_ptr())
+    return w
+
+
+# The ops a tracer records. Defined with torch.library.Library rather than @custom_op: the
+# dispatcher then calls the CPU kernel below directly (~10 µs a call here, against ~70 µs through
+# custom_op's Python layers: 3 ms per token over a 160m model's 49 linears in a compiled step).
+# The callers take this route only once available() said yes, so a None here is a bug, said so.
+_LIB = torch.library.Library("neox", "DEF")
+_LIB.define("int8_linear(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
+_LIB.define("int4_linear(Tensor x, Tensor qweight, Tensor scales_and_zeros, int group_size) -> Tensor")
+
+
 def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     y = _int8(x, qweight, scales)
     if y is None:
@@ -124,12 +146,6 @@ def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> to
     return y
 
 
-@_int8_op.register_fake
-def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
-
-
-@torch.library.custom_op("neox::int4_linear", mutates_args=())
 def _int4_op(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     y = _int4(x, qweight, scales_and_zeros, group_size)
     if y is None:
@@ -138,7 +154,16 @@ def _int4_op(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Ten
     return y
 
 
-@_int4_op.register_fake
+_LIB.impl("int8_linear", _int8_op, "CPU")
+_LIB.impl("int4_linear", _int4_op, "CPU")
+
+
+@torch.library.register_fake("neox::int8_linear", lib=_LIB)
+def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("neox::int4_linear", lib=_LIB)
 def _(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
 
