@@ -381,9 +381,9 @@ class QuantizedLinear(nn.Module):
                 self._buffers[k] = b.to(dt)
         return self
 
-    def _finish(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _finish(self, y: torch.Tensor, x: torch.Tensor, bias_added: bool = False) -> torch.Tensor:
         y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-        return y + self.bias if self.bias is not None else y
+        return y + self.bias if self.bias is not None and not bias_added else y
 
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -414,9 +414,10 @@ class Int8Linear(QuantizedLinear):
         x2 = x.reshape(-1, self.in_features)
         if (x.device.type == "cpu" and x2.shape[0] <= NATIVE_MAX_ROWS and self.in_features % 32 == 0
                 and not _wants_grad(x) and _native_ready()):
-            y = native.int8_linear(x2, self.qweight, self.scales, tracing=is_tracing())
+            bias = self.bias if x.dtype == torch.float32 else None  # fp32 model: the bias is added in the kernel
+            y = native.int8_linear(x2, self.qweight, self.scales, bias, tracing=is_tracing())
             if y is not None:
-                return self._finish(y, x)
+                return self._finish(y, x, bias_added=bias is not None)
         if x.device.type == "cpu" and x2.shape[0] > INT8_KERNEL_MAX_ROWS:
             y = F.linear(x2, self.qweight.to(x.dtype) * self.scales.to(x.dtype)[:, None])
         elif x.device.type == "cpu" and _has_op("_weight_int8pack_mm"):
@@ -570,13 +571,15 @@ class Int4Linear(QuantizedLinear):
             self._ensure_layout(x.device)
         if native_here:
             x2 = x.reshape(-1, self.in_features)
-            y = None
             if x2.shape[0] <= NATIVE_MAX_ROWS and not _wants_grad(x):
-                y = native.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, tracing=is_tracing())
-            if y is None:  # prefill (or a gradient): dequantise for the call, the ordinary GEMM in x's dtype
-                w = None if is_tracing() else native.int4_dequantize(self.qweight, self.scales_and_zeros,
-                                                                     self.group_size)
-                y = F.linear(x2, (self.dequantize() if w is None else w).to(x.dtype))
+                bias = self.bias if x.dtype == torch.float32 else None  # fp32 model: added in the kernel
+                y = native.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, bias,
+                                       tracing=is_tracing())
+                if y is not None:
+                    return self._finish(y, x, bias_added=bias is not None)
+            # prefill (or a gradient): dequantise for the call, the ordinary GEMM in x's dtype
+            w = None if is_tracing() else native.int4_dequantize(self.qweight, self.scales_and_zeros, self.group_size)
+            y = F.linear(x2, (self.dequantize() if w is None else w).to(x.dtype))
             return self._finish(y, x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.layout == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):

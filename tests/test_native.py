@@ -134,6 +134,7 @@ def test_quantised_linears_compile_to_the_custom_ops(scheme):
         eager = lin(x)
         compiled = torch.compile(lin, fullgraph=True, backend="aot_eager")(x)
     assert torch.equal(compiled, eager)
+    torch.testing.assert_close(eager, F.linear(x, lin.dequantize(), lin.bias), rtol=0.02, atol=0.02)  # bias added once
     ep = torch.export.export(lin, (x,))  # and export records the op, not the C call
     assert f"neox.{scheme}_linear" in str(ep.graph)
     torch.testing.assert_close(ep.module()(x), eager, rtol=0, atol=0)

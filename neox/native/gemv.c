@@ -6,10 +6,11 @@
  *
  * Notation: x (M, K) fp32 activations, y (M, N) fp32 outputs, one weight row per output.
  *   f32:  W (N, K) fp32                                   y = x Wᵀ (+ bias)
- *   int8: Q (N, K) int8, S (N,) bf16                      y = (x Qᵀ) · S
+ *   int8: Q (N, K) int8, S (N,) bf16                      y = (x Qᵀ) · S (+ bias)
  *   int4: P (N, K/2) uint8, two 4-bit values a byte, the even input in the high nibble (neox's
  *         portable checkpoint layout); SZ (K/g, N, 2) bf16 (scale, zero) per group of g inputs:
- *         w = (q − 8)·scale + zero
+ *         w = (q − 8)·scale + zero                         y = x Wᵀ (+ bias)
+ * bias: fp32 (N,) or NULL. int8 needs K % 32 == 0; int4 K % 64 == 0 and g % 64 == 0.
  * The int8/int4 kernels multiply by int8 activations with integer dot products (as llama.cpp's
  * q8_0 / q4_0 do): each block of 32 inputs of a row of x is quantised to x ≈ xq · d (|xq| ≤ 127),
  * so that a 32-input product costs 4 vector instructions instead of 16 in fp32.
@@ -132,7 +133,7 @@ static void quantize_rows(const float* x, int64_t M, int64_t K, int nibble_order
 
 /* ---- int8 weights, one scale per output row ---- */
 void neox_q8_linear_(const int8_t* xq, const float* xd, int64_t M, int64_t K, const int8_t* Q,
-                     const uint16_t* S, int64_t N, float* y) {
+                     const uint16_t* S, const float* bias, int64_t N, float* y) {
   const __m256i ones = _mm256_set1_epi16(1);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++) {
@@ -157,19 +158,20 @@ void neox_q8_linear_(const int8_t* xq, const float* xd, int64_t M, int64_t K, co
         __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w0, w0), _mm256_sign_epi8(x0, w0)), ones);
         a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(dm + b / 32), a0);
       }
-      y[m * N + n] = hsum8(_mm256_add_ps(a0, a1)) * s;
+      y[m * N + n] = hsum8(_mm256_add_ps(a0, a1)) * s + (bias ? bias[n] : 0.f);
     }
   }
 }
 
 /* ---- int4 weights, per group of gs inputs ---- */
 void neox_q4_linear_(const int8_t* xq, const float* xd, const float* xs, int64_t M, int64_t K, const uint8_t* P,
-                     const uint16_t* SZ, int64_t N, int64_t gs, float* y) {
+                     const uint16_t* SZ, const float* bias, int64_t N, int64_t gs, float* y) {
   const int64_t G = K / gs;
   const __m256i low4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < N; n++) {
     const uint8_t* p = P + n * (K / 2);
+    const float b0 = bias ? bias[n] : 0.f;
     int64_t m = 0;
     for (; m + 2 <= M; m += 2) { /* two rows of x per load of the weight row */
       const int8_t *xa = xq + m * K, *xb = xa + K;
@@ -198,8 +200,8 @@ void neox_q4_linear_(const int8_t* xq, const float* xd, const float* xs, int64_t
         za += (zero - 8 * scale) * xs[m * G + g];
         zb += (zero - 8 * scale) * xs[(m + 1) * G + g];
       }
-      y[m * N + n] = hsum8(ta) + za;
-      y[(m + 1) * N + n] = hsum8(tb) + zb;
+      y[m * N + n] = hsum8(ta) + za + b0;
+      y[(m + 1) * N + n] = hsum8(tb) + zb + b0;
     }
     for (; m < M; m++) {
       const int8_t* xm = xq + m * K;
@@ -224,7 +226,7 @@ void neox_q4_linear_(const int8_t* xq, const float* xd, const float* xs, int64_t
         total = _mm256_fmadd_ps(a, _mm256_set1_ps(scale), total);
         zero_terms += (zero - 8 * scale) * xs[m * G + g];
       }
-      y[m * N + n] = hsum8(total) + zero_terms;
+      y[m * N + n] = hsum8(total) + zero_terms + b0;
     }
   }
 }
@@ -250,13 +252,14 @@ void neox_q4_dequantize(const uint8_t* P, const uint16_t* SZ, int64_t N, int64_t
 
 /* Entry points: quantise x into scratch memory, then run the kernel. Return 0, or −1 when out of memory
  * or built without AVX2 (the caller then uses torch's kernels). */
-int neox_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* Q, const uint16_t* S, int64_t N, float* y) {
+int neox_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* Q, const uint16_t* S, const float* bias,
+                   int64_t N, float* y) {
 #ifdef NEOX_AVX2
   int8_t* xq = (int8_t*)malloc((size_t)(M * K));
   float* xd = (float*)malloc(sizeof(float) * (size_t)(M * K / 32));
   if (!xq || !xd) { free(xq); free(xd); return -1; }
   quantize_rows(x, M, K, 0, 0, xq, xd, NULL);
-  neox_q8_linear_(xq, xd, M, K, Q, S, N, y);
+  neox_q8_linear_(xq, xd, M, K, Q, S, bias, N, y);
   free(xq); free(xd);
   return 0;
 #else
@@ -264,15 +267,15 @@ int neox_q8_linear(const float* x, int64_t M, int64_t K, const int8_t* Q, const 
 #endif
 }
 
-int neox_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* P, const uint16_t* SZ, int64_t N, int64_t gs,
-                   float* y) {
+int neox_q4_linear(const float* x, int64_t M, int64_t K, const uint8_t* P, const uint16_t* SZ, const float* bias,
+                   int64_t N, int64_t gs, float* y) {
 #ifdef NEOX_AVX2
   int8_t* xq = (int8_t*)malloc((size_t)(M * K));
   float* xd = (float*)malloc(sizeof(float) * (size_t)(M * K / 32));
   float* xs = (float*)malloc(sizeof(float) * (size_t)(M * (K / gs)));
   if (!xq || !xd || !xs) { free(xq); free(xd); free(xs); return -1; }
   quantize_rows(x, M, K, 1, gs, xq, xd, xs);
-  neox_q4_linear_(xq, xd, xs, M, K, P, SZ, N, gs, y);
+  neox_q4_linear_(xq, xd, xs, M, K, P, SZ, bias, N, gs, y);
   free(xq); free(xd); free(xs);
   return 0;
 #else

@@ -26,8 +26,8 @@ __all__ = ["available", "f32_linear", "int8_linear", "int4_linear", "int4_suppor
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
     "neox_f32_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
-    "neox_q8_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr],
-    "neox_q4_linear": [_ptr, _i64, _i64, _ptr, _ptr, _i64, _i64, _ptr],
+    "neox_q8_linear": [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr],
+    "neox_q4_linear": [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr],
     "neox_q4_dequantize": [_ptr, _ptr, _i64, _i64, _i64, _ptr],
 }
 _functions: dict[str, Any] | None = None
@@ -54,9 +54,20 @@ def available() -> bool:
     return bool(_fns())
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _plain_cpu(*tensors: torch.Tensor) -> bool:
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" and t.is_contiguous()
-               for t in tensors)
+    return all(type(t) in _PLAIN and t.is_cpu and t.is_contiguous() for t in tensors)
+
+
+def _bias_ptr(bias: torch.Tensor | None, N: int) -> int | None | bool:
+    """The bias's address for the C code, None without one, False when the kernels cannot take it."""
+    if bias is None:
+        return None
+    if bias.dtype != torch.float32 or bias.shape != (N,) or not _plain_cpu(bias):
+        return False
+    return bias.data_ptr()
 
 
 def f32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -68,14 +79,16 @@ def f32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     N = weight.shape[0]
     if M == 0 or K == 0 or weight.shape != (N, K) or not _plain_cpu(x, weight):
         return None
-    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (N,) or not _plain_cpu(bias)):
+    b = _bias_ptr(bias, N)
+    if b is False:
         return None
     y = torch.empty(M, N, dtype=torch.float32)
-    fn(x.data_ptr(), M, K, weight.data_ptr(), bias.data_ptr() if bias is not None else None, N, y.data_ptr())
+    fn(x.data_ptr(), M, K, weight.data_ptr(), b, N, y.data_ptr())
     return y
 
 
-def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+          bias: torch.Tensor | None = None) -> torch.Tensor | None:
     fn = _fns().get("neox_q8_linear")
     if fn is None or x.dim() != 2 or qweight.dtype != torch.int8 or scales.dtype != torch.bfloat16:
         return None
@@ -84,10 +97,11 @@ def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch
     if M == 0 or K == 0 or K % 32 or qweight.shape != (N, K) or scales.shape != (N,):
         return None
     x = x.to(torch.float32).contiguous()
-    if not _plain_cpu(x, qweight, scales):
+    b = _bias_ptr(bias, N)
+    if b is False or not _plain_cpu(x, qweight, scales):
         return None
     y = torch.empty(M, N, dtype=torch.float32)
-    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales.data_ptr(), N, y.data_ptr()) != 0:
+    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales.data_ptr(), b, N, y.data_ptr()) != 0:
         return None
     return y
 
@@ -97,7 +111,8 @@ def int4_supported(in_features: int, group_size: int) -> bool:
     return in_features > 0 and in_features % 64 == 0 and group_size % 64 == 0 and in_features % group_size == 0
 
 
-def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor | None:
+def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+          bias: torch.Tensor | None = None) -> torch.Tensor | None:
     fn = _fns().get("neox_q4_linear")
     if fn is None or x.dim() != 2 or qweight.dtype != torch.uint8 or scales_and_zeros.dtype != torch.bfloat16:
         return None
@@ -107,10 +122,11 @@ def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor
             or scales_and_zeros.shape != (K // group_size, N, 2)):
         return None
     x = x.to(torch.float32).contiguous()
-    if not _plain_cpu(x, qweight, scales_and_zeros):
+    b = _bias_ptr(bias, N)
+    if b is False or not _plain_cpu(x, qweight, scales_and_zeros):
         return None
     y = torch.empty(M, N, dtype=torch.float32)
-    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales_and_zeros.data_ptr(), N, group_size, y.data_ptr()) != 0:
+    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales_and_zeros.data_ptr(), b, N, group_size, y.data_ptr()) != 0:
         return None
     return y
 
@@ -134,20 +150,21 @@ def int4_dequantize(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group
 # custom_op's Python layers: 3 ms per token over a 160m model's 49 linears in a compiled step).
 # The callers take this route only once available() said yes, so a None here is a bug, said so.
 _LIB = torch.library.Library("neox", "DEF")
-_LIB.define("int8_linear(Tensor x, Tensor qweight, Tensor scales) -> Tensor")
-_LIB.define("int4_linear(Tensor x, Tensor qweight, Tensor scales_and_zeros, int group_size) -> Tensor")
+_LIB.define("int8_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? bias) -> Tensor")
+_LIB.define("int4_linear(Tensor x, Tensor qweight, Tensor scales_and_zeros, int group_size, Tensor? bias) -> Tensor")
 
 
-def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    y = _int8(x, qweight, scales)
+def _int8_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    y = _int8(x, qweight, scales, bias)
     if y is None:
         raise RuntimeError(f"neox::int8_linear cannot take x {x.dtype} {tuple(x.shape)}, qweight "
                            f"{qweight.dtype} {tuple(qweight.shape)}, scales {scales.dtype} {tuple(scales.shape)}")
     return y
 
 
-def _int4_op(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
-    y = _int4(x, qweight, scales_and_zeros, group_size)
+def _int4_op(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+             bias: torch.Tensor | None) -> torch.Tensor:
+    y = _int4(x, qweight, scales_and_zeros, group_size, bias)
     if y is None:
         raise RuntimeError(f"neox::int4_linear cannot take x {x.dtype} {tuple(x.shape)}, qweight "
                            f"{qweight.dtype} {tuple(qweight.shape)}, group_size {group_size}")
@@ -159,24 +176,27 @@ _LIB.impl("int4_linear", _int4_op, "CPU")
 
 
 @torch.library.register_fake("neox::int8_linear", lib=_LIB)
-def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
 
 
 @torch.library.register_fake("neox::int4_linear", lib=_LIB)
-def _(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+def _(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
+      bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
 
 
-def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, tracing: bool = False) -> torch.Tensor | None:
-    """``x · (qweight · scales)ᵀ`` in fp32 for int8 (N, K) weights and bf16 (N,) scales, K % 32 == 0."""
-    return torch.ops.neox.int8_linear(x, qweight, scales) if tracing else _int8(x, qweight, scales)
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
+                tracing: bool = False) -> torch.Tensor | None:
+    """``x · (qweight · scales)ᵀ (+ bias)`` in fp32 for int8 (N, K) weights, bf16 (N,) scales and an
+    fp32 (N,) bias or None; K % 32 == 0."""
+    return torch.ops.neox.int8_linear(x, qweight, scales, bias) if tracing else _int8(x, qweight, scales, bias)
 
 
 def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
-                tracing: bool = False) -> torch.Tensor | None:
-    """``x · Wᵀ`` in fp32 for int4 weights in the portable layout (see gemv.c) and bf16 (K/g, N, 2)
-    scales and zeros; needs :func:`int4_supported`."""
+                bias: torch.Tensor | None = None, tracing: bool = False) -> torch.Tensor | None:
+    """``x · Wᵀ (+ bias)`` in fp32 for int4 weights in the portable layout (see gemv.c), bf16
+    (K/g, N, 2) scales and zeros and an fp32 (N,) bias or None; needs :func:`int4_supported`."""
     if tracing:
-        return torch.ops.neox.int4_linear(x, qweight, scales_and_zeros, group_size)
-    return _int4(x, qweight, scales_and_zeros, group_size)
+        return torch.ops.neox.int4_linear(x, qweight, scales_and_zeros, group_size, bias)
+    return _int4(x, qweight, scales_and_zeros, group_size, bias)
