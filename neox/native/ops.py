@@ -87,6 +87,20 @@ def f32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return y
 
 
+def _call_quantised(fn: Any, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+                    N: int, extra: tuple[int, ...]) -> torch.Tensor | None:
+    """fn(x, M, K, weight, scales, bias, N, *extra, y) once x, the weights and the bias are checked."""
+    x = x.to(torch.float32).contiguous()
+    b = _bias_ptr(bias, N)
+    if b is False or not _plain_cpu(x, *weights):
+        return None
+    M, K = x.shape
+    y = torch.empty(M, N, dtype=torch.float32)
+    if fn(x.data_ptr(), M, K, weights[0].data_ptr(), weights[1].data_ptr(), b, N, *extra, y.data_ptr()) != 0:
+        return None
+    return y
+
+
 def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
           bias: torch.Tensor | None = None) -> torch.Tensor | None:
     fn = _fns().get("neox_q8_linear")
@@ -96,14 +110,7 @@ def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     N = qweight.shape[0]
     if M == 0 or K == 0 or K % 32 or qweight.shape != (N, K) or scales.shape != (N,):
         return None
-    x = x.to(torch.float32).contiguous()
-    b = _bias_ptr(bias, N)
-    if b is False or not _plain_cpu(x, qweight, scales):
-        return None
-    y = torch.empty(M, N, dtype=torch.float32)
-    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales.data_ptr(), b, N, y.data_ptr()) != 0:
-        return None
-    return y
+    return _call_quantised(fn, x, (qweight, scales), bias, N, ())
 
 
 def int4_supported(in_features: int, group_size: int) -> bool:
@@ -121,14 +128,7 @@ def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor
     if (M == 0 or not int4_supported(K, group_size) or qweight.shape != (N, K // 2)
             or scales_and_zeros.shape != (K // group_size, N, 2)):
         return None
-    x = x.to(torch.float32).contiguous()
-    b = _bias_ptr(bias, N)
-    if b is False or not _plain_cpu(x, qweight, scales_and_zeros):
-        return None
-    y = torch.empty(M, N, dtype=torch.float32)
-    if fn(x.data_ptr(), M, K, qweight.data_ptr(), scales_and_zeros.data_ptr(), b, N, group_size, y.data_ptr()) != 0:
-        return None
-    return y
+    return _call_quantised(fn, x, (qweight, scales_and_zeros), bias, N, (group_size,))
 
 
 def int4_dequantize(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor | None:
