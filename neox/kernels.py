@@ -8,7 +8,7 @@ weight once (the 50304×768 head at 4 rows 42.9 ms as ``x·Wᵀ``, 12.9 ms as ``
 in fp32, without autograd and outside any tracer:
 
 * 1–8 rows use neox's native matrix-vector kernel (``neox.native``: both cores, the weight read
-  once for every row; one decode step's matrices 42–44 → 34 ms at 1 row), where it is built;
+  once for every row; one 160m decode step's matrices 42–49 → 34–39 ms at 1 row), where it is built;
 * 9–16 rows (or 2–16 without the native kernel) are computed as ``W·xᵀ``.
 
 Both sum the same products in another order (within 1e-5 of F.linear, as tests/test_kernels.py
