@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import Linear
-from .native import ops as native
+from .native import ops as native_ops
 from .validation import is_tracing
 
 logger = logging.getLogger(__name__)
@@ -212,14 +212,6 @@ def resolve_quantization(quantization: Any, quantization_config: Any, saved: Any
 
 def _has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
-
-
-def _native_ready() -> bool:
-    """Whether neox's native CPU kernels run here. Resolved (built) eagerly on first use; under a
-    tracer only an already-resolved answer is read, so a compiled step never starts a build."""
-    if native.AVAILABLE is None and not is_tracing():
-        native.available()
-    return native.AVAILABLE is True
 
 
 def _wants_grad(x: torch.Tensor) -> bool:
@@ -413,9 +405,9 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if (x.device.type == "cpu" and x2.shape[0] <= NATIVE_MAX_ROWS and self.in_features % 32 == 0
-                and not _wants_grad(x) and _native_ready()):
+                and not _wants_grad(x) and native_ops.ready()):
             bias = self.bias if x.dtype == torch.float32 else None  # fp32 model: the bias is added in the kernel
-            y = native.int8_linear(x2, self.qweight, self.scales, bias, tracing=is_tracing())
+            y = native_ops.int8_linear(x2, self.qweight, self.scales, bias, tracing=is_tracing())
             if y is not None:
                 return self._finish(y, x, bias_added=bias is not None)
         if x.device.type == "cpu" and x2.shape[0] > INT8_KERNEL_MAX_ROWS:
@@ -490,7 +482,7 @@ class Int4Linear(QuantizedLinear):
         self._pack_from(lambda i, j: values[i:j], values.device)
 
     def _native(self) -> bool:
-        return native.int4_supported(self.in_features, self.group_size) and _native_ready()
+        return native_ops.int4_supported(self.in_features, self.group_size) and native_ops.ready()
 
     def _target_layout(self, device: torch.device) -> str:
         """The layout this device's fastest available kernel reads."""
@@ -573,12 +565,12 @@ class Int4Linear(QuantizedLinear):
             x2 = x.reshape(-1, self.in_features)
             if x2.shape[0] <= NATIVE_MAX_ROWS and not _wants_grad(x):
                 bias = self.bias if x.dtype == torch.float32 else None  # fp32 model: added in the kernel
-                y = native.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, bias,
+                y = native_ops.int4_linear(x2, self.qweight, self.scales_and_zeros, self.group_size, bias,
                                        tracing=is_tracing())
                 if y is not None:
                     return self._finish(y, x, bias_added=bias is not None)
             # prefill (or a gradient): dequantise for the call, the ordinary GEMM in x's dtype
-            w = None if is_tracing() else native.int4_dequantize(self.qweight, self.scales_and_zeros, self.group_size)
+            w = None if is_tracing() else native_ops.int4_dequantize(self.qweight, self.scales_and_zeros, self.group_size)
             y = F.linear(x2, (self.dequantize() if w is None else w).to(x.dtype))
             return self._finish(y, x)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)

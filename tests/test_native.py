@@ -119,7 +119,7 @@ def test_calls_the_kernels_cannot_take_return_none():
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
-def test_quantised_linears_compile_to_the_custom_ops(scheme):
+def test_quantised_linears_compile_to_the_neox_ops(scheme):
     """fullgraph torch.compile records neox::int8_linear / int4_linear and gives eager's numbers."""
     torch.manual_seed(0)
     cfg = QuantizationConfig(scheme, group_size=64 if scheme == "int4" else None)
@@ -160,7 +160,7 @@ def test_int4_layout_follows_the_kernel_and_saves_portably(native_off):
     assert again.layout == "plain" and torch.equal(again.qweight, native_side.qweight)
 
 
-def test_the_build_is_cached_and_keyed(tmp_path, monkeypatch):
+def test_the_build_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("NEOX_NATIVE_CACHE", str(tmp_path))
     build.reset()
     try:
