@@ -52,9 +52,9 @@ class Linear(nn.Linear):
             K = x.shape[-1]
             rows = x.numel() // K if K else 0
             if 0 < rows <= NATIVE_MAX_ROWS:
-                y = native.f32_linear(x.reshape(rows, K).contiguous(), w, self.bias)  # (rows, N) or None
+                y = native.f32_linear(x.contiguous(), w, self.bias)  # (…, N), or None
                 if y is not None:
-                    return y.view(*x.shape[:-1], w.shape[0])  # (…, N)
+                    return y
             if 1 < rows <= SKINNY_MAX_ROWS:
                 xt = x.reshape(rows, K).t()  # (K, rows), a view
                 y = torch.mm(w, xt) if self.bias is None else torch.addmm(self.bias[:, None], w, xt)  # (N, rows)

@@ -108,7 +108,9 @@ def test_calls_the_kernels_cannot_take_return_none():
     assert ops.f32_linear(x, w[:, :32], None) is None
     assert ops.f32_linear(x, w.t().contiguous().t(), None) is None  # non-contiguous weight
     assert ops.f32_linear(x, w, torch.randn(7)) is None
-    assert ops.f32_linear(torch.randn(2, 3, 64), w, None) is None
+    assert ops.f32_linear(torch.randn(3, 2, 64).transpose(0, 1), w, None) is None  # non-contiguous x
+    assert ops.f32_linear(torch.tensor(1.0), w, None) is None
+    assert ops.int8_linear(torch.tensor(1.0), q, s) is None
     assert ops.int8_linear(x, q, s.float()) is None
     assert ops.int8_linear(x[:, :48].contiguous(), q[:, :48].contiguous(), s) is None  # K % 32
     assert ops.int8_linear(x, q[:, :32], s) is None
@@ -116,6 +118,24 @@ def test_calls_the_kernels_cannot_take_return_none():
     assert ops.int4_linear(x, p[:4], sz, 64) is None
     assert ops.int4_linear(x, p.view(torch.int8), sz, 64) is None
     assert ops.int4_linear(torch.randn(0, 64), p, sz, 64) is None
+    assert ops.int4_linear(torch.randn(2, 0, 64), p, sz, 64) is None
+
+
+def test_leading_dimensions_are_rows():
+    """(…, K) in, (…, N) out: every leading index is a row, as F.linear — the same numbers as the
+    rows flattened into a matrix, bit for bit."""
+    torch.manual_seed(3)
+    w, b = torch.randn(8, 128), torch.randn(8)
+    q, s = _int8_quantize(w)
+    values, sz = _int4_quantize(w, 64)
+    p = _nibbles(values)
+    x = torch.randn(2, 3, 128)
+    flat = x.reshape(6, 128)
+    for call in (lambda t: ops.f32_linear(t, w, b), lambda t: ops.int8_linear(t, q, s, b),
+                 lambda t: ops.int4_linear(t, p, sz, 64, b)):
+        y = call(x)
+        assert y.shape == (2, 3, 8)
+        assert torch.equal(y, call(flat).view(2, 3, 8))
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
@@ -250,3 +270,111 @@ def test_int4_dequantize_is_the_modules_weight(group):
     lin.quantize_(torch.randn(48, 256) * 0.1)
     assert torch.equal(ops.int4_dequantize(lin.qweight, lin.scales_and_zeros, group), lin.dequantize())
     assert ops.int4_dequantize(lin.qweight, lin.scales_and_zeros.float(), group) is None
+
+
+# ---------------------------------------------------------------- decode attention (one new position)
+
+
+def _decode_inputs(B: int, H: int, hs: int, r: int, S: int, capacity: int, shared_rope: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, 1, H * 3 * hs, generator=g)
+    angles = torch.rand(1 if shared_rope else B, 1, r // 2, generator=g) * 100  # positions up to ~100
+    keys = torch.zeros(B, H, capacity, hs)
+    values = torch.zeros(B, H, capacity, hs)
+    keys[:, :, :S - 1] = torch.randn(B, H, S - 1, hs, generator=g)
+    values[:, :, :S - 1] = torch.randn(B, H, S - 1, hs, generator=g)
+    return qkv, angles.cos(), angles.sin(), keys, values
+
+
+def _torch_decode(qkv, cos, sin, keys, values, position, hs):
+    """The model's torch path for one position: apply_rotary_, KVCache.update's write, then the
+    attention in float64 (the reference the kernel's fp32 sums are held to)."""
+    from neox.modeling import apply_rotary_
+
+    B, H = keys.shape[:2]
+    qkv = qkv.view(B, 1, H, 3, hs).clone()  # (B, T, H, 3, hs)
+    apply_rotary_(qkv[:, :, :, :2], cos, sin)
+    q, k, v = qkv.transpose(1, 2).unbind(3)  # (B, H, 1, hs)
+    keys, values = keys.clone(), values.clone()
+    keys[:, :, position : position + 1] = k
+    values[:, :, position : position + 1] = v
+    K, V = keys[:, :, : position + 1].double(), values[:, :, : position + 1].double()
+    p = torch.softmax(q.double() @ K.transpose(-1, -2) / hs**0.5, dim=-1)
+    return (p @ V).transpose(1, 2).reshape(B, 1, H * hs), keys, values  # (B, 1, H·hs)
+
+
+@pytest.mark.parametrize("B,H,hs,r,S", [(1, 12, 64, 16, 33), (3, 4, 80, 20, 1), (2, 2, 96, 96, 200), (2, 3, 20, 4, 7)])
+@pytest.mark.parametrize("shared_rope", [True, False])
+def test_decode_attention_matches_the_torch_path(B, H, hs, r, S, shared_rope):
+    """The cache gets the very bits the torch path writes (rotary included); the output is the
+    attention within fp32 rounding of its float64 value; partial (r < hs) and full rotary."""
+    qkv, cos, sin, keys, values = _decode_inputs(B, H, hs, r, S, capacity=S + 5, shared_rope=shared_rope)
+    want, want_keys, want_values = _torch_decode(qkv, cos, sin, keys, values, S - 1, hs)
+    y = ops.decode_attention(qkv, cos, sin, keys, values, S - 1, 1.0 / hs**0.5)
+    assert y is not None and y.shape == (B, 1, H * hs)
+    assert torch.equal(keys, want_keys) and torch.equal(values, want_values)
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-6)
+
+
+def test_decode_attention_rows_are_independent():
+    """Each row alone gives the same bits as in the batch (per-row rotary angles)."""
+    B, H, hs, r, S = 4, 3, 64, 16, 40
+    qkv, cos, sin, keys, values = _decode_inputs(B, H, hs, r, S, capacity=64, shared_rope=False, seed=1)
+    batch_keys = keys.clone()
+    y = ops.decode_attention(qkv, cos, sin, batch_keys, values.clone(), S - 1, 0.125)
+    for b in range(B):
+        k1, v1 = keys[b : b + 1].clone(), values[b : b + 1].clone()
+        one = ops.decode_attention(qkv[b : b + 1].contiguous(), cos[b : b + 1], sin[b : b + 1], k1, v1, S - 1, 0.125)
+        assert torch.equal(one, y[b : b + 1]) and torch.equal(k1, batch_keys[b : b + 1])
+
+
+def test_decode_attention_calls_it_cannot_take_return_none():
+    qkv, cos, sin, keys, values = _decode_inputs(1, 2, 64, 16, 5, capacity=8, shared_rope=True)
+    call = ops.decode_attention
+    assert call(qkv, cos, sin, keys, values, 8, 0.125) is None  # no room at position 8
+    assert call(qkv, cos, sin, keys, values, -1, 0.125) is None
+    assert call(qkv.double(), cos, sin, keys, values, 4, 0.125) is None
+    assert call(qkv, cos, sin, keys.bfloat16(), values, 4, 0.125) is None
+    assert call(qkv, cos, sin, keys.transpose(2, 3).contiguous().transpose(2, 3), values, 4, 0.125) is None
+    assert call(qkv[..., :-1].contiguous(), cos, sin, keys, values, 4, 0.125) is None
+    assert call(qkv, cos[..., :0], sin[..., :0], keys, values, 4, 0.125) is None  # no rotary dims
+    assert call(qkv, torch.zeros(1, 1, 40), torch.zeros(1, 1, 40), keys, values, 4, 0.125) is None  # r > hs
+    assert call(qkv, cos.expand(2, 1, 8), sin.expand(2, 1, 8), keys, values, 4, 0.125) is None  # not contiguous
+    untouched = keys.clone()
+    assert call(qkv, cos, sin, keys, values, 8, 0.125) is None and torch.equal(keys, untouched)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_model_decoding_with_and_without_the_native_attention(padded, monkeypatch):
+    """A model's cached decode steps through the native attention (counted) give the logits of
+    the torch path to fp32 rounding, and the same greedy tokens; a padded batch (a mask) takes
+    the torch path."""
+    from neox import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, rotary_pct=0.25)
+    model = GPTNeoXForCausalLM(cfg).eval()
+    ids = torch.randint(0, 128, (2, 9))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :3] = 0
+    calls = []
+    real = ops.decode_attention
+    monkeypatch.setattr(ops, "decode_attention", lambda *a: calls.append(1) or real(*a))
+
+    def decode(native: bool):
+        monkeypatch.setattr(ops, "decode_attention", (lambda *a: calls.append(1) or real(*a)) if native else
+                            (lambda *a: None))
+        with torch.no_grad():
+            tokens = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+            out = model(ids, attention_mask=mask, use_cache=True)
+            step = model(ids[:, -1:], attention_mask=torch.cat([mask, mask[:, -1:]], 1),
+                         past_key_values=out.past_key_values, use_cache=True)
+        return tokens, step.logits
+
+    tokens, logits = decode(native=True)
+    assert (len(calls) == 0) if padded else (len(calls) >= 11 * cfg.num_hidden_layers)
+    ref_tokens, ref_logits = decode(native=False)
+    assert torch.equal(tokens, ref_tokens)
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5)

@@ -14,6 +14,8 @@
  * The int8/int4 kernels multiply by int8 activations with integer dot products (as llama.cpp's
  * q8_0 / q4_0 do): each block of 32 inputs of a row of x is quantised to x ≈ xq · d (|xq| ≤ 127),
  * so that a 32-input product costs 4 vector instructions instead of 16 in fp32.
+ * Decoding's attention (one new position per row over the KV cache) is two matrix-vector
+ * products too, q·Kᵀ and p·V: neox_decode_attention, below, with the rotary and the cache write.
  */
 #include <math.h>
 #include <stdint.h>
@@ -68,6 +70,80 @@ void neox_f32_linear(const float* x, int64_t M, int64_t K, const float* W, const
       }
     }
   }
+}
+
+/* ---- attention of one new position per row over the KV cache (decoding) ----
+ * qkv (B, H, 3, hs): the fused projection's output for one position, per head [q | k | v];
+ * cos, sin (B or 1, r/2): the rotary angles of each row's position (rope_stride r/2, or 0: shared);
+ * Kc, Vc (B, H, cap, hs): the cache, positions [0, pos) filled. For each row b and head h:
+ *   rotate q and k in their first r dims (GPT-NeoX pairs dim i with i + r/2:
+ *   (x1, x2) <- (x1 cos - x2 sin, x2 cos + x1 sin)), write k and v at position pos, then
+ *   y[b, h] = softmax(scale · q·K[0..pos]ᵀ) · V[0..pos]   (pos + 1 keys, no mask).
+ * y (B, H·hs). Written with products and sums kept apart (no FMA contraction), so the cache holds
+ * the bits torch's rotary writes. Rows and heads are independent: a row's result is the same
+ * alone or in a batch. Returns 0, or -1 when out of memory. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF /* gcc: off already under -std=c11 */
+#endif
+#define ATT_LANES 8
+static float dot_lanes(const float* a, const float* b, int64_t n) {
+  float acc[ATT_LANES] = {0};
+  int64_t i = 0;
+  for (; i + ATT_LANES <= n; i += ATT_LANES)
+    for (int j = 0; j < ATT_LANES; j++) acc[j] += a[i + j] * b[i + j];
+  float s = 0;
+  for (; i < n; i++) s += a[i] * b[i];
+  for (int j = 0; j < ATT_LANES; j++) s += acc[j];
+  return s;
+}
+
+static void rotate(const float* src, const float* c, const float* sn, int64_t half, int64_t hs, float* dst) {
+  for (int64_t i = 0; i < half; i++) {
+    float x1 = src[i], x2 = src[half + i];
+    float a = x1 * c[i], b = x2 * sn[i], e = x2 * c[i], f = x1 * sn[i];
+    dst[i] = a - b;
+    dst[half + i] = e + f;
+  }
+  for (int64_t i = 2 * half; i < hs; i++) dst[i] = src[i];
+}
+
+int neox_decode_attention(const float* qkv, int64_t B, int64_t H, int64_t hs, int64_t r, const float* cos,
+                          const float* sin, int64_t rope_stride, float* Kc, float* Vc, int64_t cap, int64_t pos,
+                          float scale, float* y) {
+  const int64_t S = pos + 1, half = r / 2;
+  float* work = (float*)malloc(sizeof(float) * (size_t)(B * H * (S + 2 * hs)));
+  if (!work) return -1;
+#pragma omp parallel for schedule(static)
+  for (int64_t bh = 0; bh < B * H; bh++) {
+    const int64_t b = bh / H;
+    const float* src = qkv + bh * 3 * hs;
+    const float *c = cos + b * rope_stride, *sn = sin + b * rope_stride;
+    float* K = Kc + bh * cap * hs;
+    float* V = Vc + bh * cap * hs;
+    float *q = work + bh * (S + 2 * hs), *acc = q + hs, *p = acc + hs;
+    rotate(src, c, sn, half, hs, q);
+    rotate(src + hs, c, sn, half, hs, K + pos * hs);
+    memcpy(V + pos * hs, src + 2 * hs, sizeof(float) * (size_t)hs);
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < S; t++) {
+      p[t] = dot_lanes(q, K + t * hs, hs) * scale;
+      if (p[t] > mx) mx = p[t];
+    }
+    float total = 0;
+    for (int64_t t = 0; t < S; t++) {
+      p[t] = expf(p[t] - mx);
+      total += p[t];
+    }
+    for (int64_t i = 0; i < hs; i++) acc[i] = 0;
+    for (int64_t t = 0; t < S; t++) {
+      const float* v = V + t * hs;
+      for (int64_t i = 0; i < hs; i++) acc[i] += p[t] * v[i];
+    }
+    float* out = y + bh * hs;
+    for (int64_t i = 0; i < hs; i++) out[i] = acc[i] / total;
+  }
+  free(work);
+  return 0;
 }
 
 #ifdef NEOX_AVX2

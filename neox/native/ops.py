@@ -1,12 +1,12 @@
 """torch-facing calls into the native kernels, and their ops for torch.compile / export.
 
-Each function takes 2-D activations ``x`` (M, K) and returns fp32 ``y`` (M, N), or None when the
+Each function takes activations ``x`` (…, K) — M rows in all — and returns fp32 ``y`` (…, N), or None when the
 kernels cannot take this call (not built here, a shape they do not cover): the caller then runs
 torch's kernel. What the C code would otherwise trust — dtypes, contiguity, shapes, the CPU — is
 checked here, so a wrong call is a None (torch's kernel runs instead), never a read past a buffer.
 
 In eager mode the C function is called directly through ctypes (the checks and the call add
-10–20 µs to the kernel's own time, measured). Under a
+~6 µs to the kernel's own time on the 2-core VM, measured). Under a
 tracer the quantised linears call the ops ``torch.ops.neox.int8_linear`` / ``int4_linear``
 instead, which dynamo and export see as one opaque op with a shape function (``register_fake``),
 so a compiled decode step keeps them. The kernels have no backward: callers use them only where
@@ -23,7 +23,8 @@ import torch
 from ..validation import is_tracing
 from . import build
 
-__all__ = ["available", "ready", "f32_linear", "int8_linear", "int4_linear", "int4_supported", "int4_dequantize"]
+__all__ = ["available", "ready", "f32_linear", "int8_linear", "int4_linear", "int4_supported", "int4_dequantize",
+           "decode_attention"]
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 # name: (argument types, return type): the quantised kernels return 0, or -1 (out of memory, no AVX2).
@@ -32,6 +33,8 @@ _SIGNATURES = {
     "neox_q8_linear": ([_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr], ctypes.c_int),
     "neox_q4_linear": ([_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _i64, _ptr], ctypes.c_int),
     "neox_q4_dequantize": ([_ptr, _ptr, _i64, _i64, _i64, _ptr], None),
+    "neox_decode_attention": ([_ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _i64, _i64,
+                               ctypes.c_float, _ptr], ctypes.c_int),
 }
 _functions: dict[str, Any] | None = None
 #: Set by the first :func:`available` / kernel call; read under tracers (a plain bool dynamo can guard on).
@@ -66,6 +69,10 @@ def ready() -> bool:
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_F32 = torch.float32
+# The checks below are written out inline rather than through helpers: on a 2-core VM each Python
+# call and each generic ``.to()`` costs a microsecond or more, and a 160m decode step makes 49 of
+# these calls (measured per call: 16.5 µs of wrappers around a 4 µs kernel before, 8 µs after).
 
 
 def _plain_cpu(*tensors: torch.Tensor) -> bool:
@@ -76,52 +83,60 @@ def _bias_ptr(bias: torch.Tensor | None, N: int) -> int | None | bool:
     """The bias's address for the C code, None without one, False when the kernels cannot take it."""
     if bias is None:
         return None
-    if bias.dtype != torch.float32 or bias.shape != (N,) or not _plain_cpu(bias):
+    if (bias.dtype is not _F32 or type(bias) not in _PLAIN or not bias.is_cpu or not bias.is_contiguous()
+            or bias.shape != (N,)):
         return False
     return bias.data_ptr()
 
 
 def f32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``F.linear(x, weight, bias)`` for fp32 (M, K) x and (N, K) weight, reading the weight once."""
-    fn = _fns().get("neox_f32_linear")
-    if fn is None or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2:
+    """``F.linear(x, weight, bias)`` for fp32 (…, K) x and (N, K) weight, reading the weight once."""
+    fn = (_functions if _functions is not None else _fns()).get("neox_f32_linear")
+    if fn is None or x.dtype is not _F32 or weight.dtype is not _F32 or x.dim() == 0:
         return None
-    M, K = x.shape
+    K = x.shape[-1]
+    M = x.numel() // K if K else 0
     N = weight.shape[0]
-    if M == 0 or K == 0 or weight.shape != (N, K) or not _plain_cpu(x, weight):
+    if (M == 0 or weight.shape != (N, K) or type(x) not in _PLAIN or type(weight) not in _PLAIN
+            or not (x.is_cpu and weight.is_cpu and x.is_contiguous() and weight.is_contiguous())):
         return None
     b = _bias_ptr(bias, N)
     if b is False:
         return None
-    y = torch.empty(M, N, dtype=torch.float32)
+    y = torch.empty(x.shape[:-1] + (N,), dtype=_F32)  # in its final shape: a .view() costs ~5 µs here
     fn(x.data_ptr(), M, K, weight.data_ptr(), b, N, y.data_ptr())
     return y
 
 
-def _call_quantised(fn: Any, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
+def _call_quantised(fn: Any, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, bias: torch.Tensor | None,
                     N: int, extra: tuple[int, ...]) -> torch.Tensor | None:
-    """fn(x, M, K, weight, scales, bias, N, *extra, y) once x, the weights and the bias are checked."""
-    x = x.to(torch.float32).contiguous()
-    b = _bias_ptr(bias, N)
-    if b is False or not _plain_cpu(x, *weights):
+    """fn(x, M, K, w, s, bias, N, *extra, y) once x (…, K), the weight w, its scales s and the bias
+    are checked to be plain contiguous CPU tensors (dtypes and shapes: the callers; M, K > 0)."""
+    if x.dtype is not _F32 or not x.is_contiguous():
+        x = x.to(_F32).contiguous()
+    if (type(x) not in _PLAIN or type(w) not in _PLAIN or type(s) not in _PLAIN
+            or not (x.is_cpu and w.is_cpu and s.is_cpu and w.is_contiguous() and s.is_contiguous())):
         return None
-    M, K = x.shape
-    y = torch.empty(M, N, dtype=torch.float32)
-    if fn(x.data_ptr(), M, K, weights[0].data_ptr(), weights[1].data_ptr(), b, N, *extra, y.data_ptr()) != 0:
+    b = _bias_ptr(bias, N)
+    if b is False:
+        return None
+    K = x.shape[-1]
+    y = torch.empty(x.shape[:-1] + (N,), dtype=_F32)  # in its final shape: a .view() costs ~5 µs here
+    if fn(x.data_ptr(), x.numel() // K, K, w.data_ptr(), s.data_ptr(), b, N, *extra, y.data_ptr()) != 0:
         return None
     return y
 
 
 def _int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
           bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    fn = _fns().get("neox_q8_linear")
-    if fn is None or x.dim() != 2 or qweight.dtype != torch.int8 or scales.dtype != torch.bfloat16:
+    fn = (_functions if _functions is not None else _fns()).get("neox_q8_linear")
+    if fn is None or x.dim() == 0 or qweight.dtype is not torch.int8 or scales.dtype is not torch.bfloat16:
         return None
-    M, K = x.shape
+    K = x.shape[-1]
     N = qweight.shape[0]
-    if M == 0 or K == 0 or K % 32 or qweight.shape != (N, K) or scales.shape != (N,):
+    if K == 0 or K % 32 or x.numel() == 0 or qweight.shape != (N, K) or scales.shape != (N,):
         return None
-    return _call_quantised(fn, x, (qweight, scales), bias, N, ())
+    return _call_quantised(fn, x, qweight, scales, bias, N, ())
 
 
 def int4_supported(in_features: int, group_size: int) -> bool:
@@ -131,15 +146,15 @@ def int4_supported(in_features: int, group_size: int) -> bool:
 
 def _int4(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
           bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    fn = _fns().get("neox_q4_linear")
-    if fn is None or x.dim() != 2 or qweight.dtype != torch.uint8 or scales_and_zeros.dtype != torch.bfloat16:
+    fn = (_functions if _functions is not None else _fns()).get("neox_q4_linear")
+    if fn is None or x.dim() == 0 or qweight.dtype is not torch.uint8 or scales_and_zeros.dtype is not torch.bfloat16:
         return None
-    M, K = x.shape
+    K = x.shape[-1]
     N = qweight.shape[0]
-    if (M == 0 or not int4_supported(K, group_size) or qweight.shape != (N, K // 2)
-            or scales_and_zeros.shape != (K // group_size, N, 2)):
+    if (x.numel() == 0 or K <= 0 or K % 64 or group_size % 64 or K % group_size or qweight.shape != (N, K // 2)
+            or scales_and_zeros.shape != (K // group_size, N, 2)):  # not int4_supported(K, group_size), or shapes
         return None
-    return _call_quantised(fn, x, (qweight, scales_and_zeros), bias, N, (group_size,))
+    return _call_quantised(fn, x, qweight, scales_and_zeros, bias, N, (group_size,))
 
 
 def int4_dequantize(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor | None:
@@ -154,6 +169,34 @@ def int4_dequantize(qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group
     w = torch.empty(N, K, dtype=torch.float32)
     fn(qweight.data_ptr(), scales_and_zeros.data_ptr(), N, K, group_size, w.data_ptr())
     return w
+
+
+def decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                     values: torch.Tensor, position: int, scale: float) -> torch.Tensor | None:
+    """One new position per row, attended over the cache, in one call (fp32, eager only):
+
+    qkv (B, 1, H·3·hs) the fused projection's output (per head [q | k | v]); cos, sin (B or 1, 1,
+    r/2) the rotary angles; keys, values (B, H, capacity, hs) the cache, filled below ``position``.
+    Rotates q and k in their first r dims, writes k and v at ``position`` (the bits
+    ``apply_rotary_`` and ``KVCache.update`` write), and returns softmax(scale·q·Kᵀ)·V over the
+    position + 1 keys as (B, 1, H·hs) — or None when the kernel cannot take the call."""
+    fn = (_functions if _functions is not None else _fns()).get("neox_decode_attention")
+    if fn is None or keys.dim() != 4 or cos.dim() != 3:
+        return None
+    B, H, capacity, hs = keys.shape
+    half = cos.shape[-1]
+    tensors = (qkv, cos, sin, keys, values)
+    if (any(t.dtype is not _F32 or type(t) not in _PLAIN or not t.is_cpu or not t.is_contiguous() for t in tensors)
+            or qkv.shape != (B, 1, H * 3 * hs) or values.shape != keys.shape or sin.shape != cos.shape
+            or cos.shape[0] not in (1, B) or cos.shape[1] != 1 or not 0 < 2 * half <= hs
+            or not 0 <= position < capacity or B * H == 0):
+        return None
+    y = torch.empty(B, 1, H * hs, dtype=_F32)
+    rope_stride = half if cos.shape[0] == B and B > 1 else 0
+    if fn(qkv.data_ptr(), B, H, hs, 2 * half, cos.data_ptr(), sin.data_ptr(), rope_stride, keys.data_ptr(),
+          values.data_ptr(), capacity, position, scale, y.data_ptr()) != 0:
+        return None
+    return y
 
 
 # The ops a tracer records. Defined with torch.library.Library rather than @custom_op: the
@@ -189,13 +232,13 @@ _LIB.impl("int4_linear", _int4_op, "CPU")
 
 @torch.library.register_fake("neox::int8_linear", lib=_LIB)
 def _(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
 @torch.library.register_fake("neox::int4_linear", lib=_LIB)
 def _(x: torch.Tensor, qweight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
       bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty((x.shape[0], qweight.shape[0]), dtype=torch.float32)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]), dtype=torch.float32)
 
 
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None,
